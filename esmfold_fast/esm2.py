@@ -1,0 +1,747 @@
+"""ESM-2: the protein language model ESMFold reads its sequence with.
+
+A BERT-style encoder of pre-LayerNorm transformer layers with rotary position embeddings
+(rotate-halves / NeoX form), token dropout on ``<mask>`` embeddings, a final
+``emb_layer_norm_after``, a RoBERTa LM head tied to the token embedding and a contact head (a
+logistic regression over every layer's and head's symmetrised, APC-corrected attention map).
+Semantics and state-dict keys are fair-esm's ``esm.model.esm2.ESM2``, so a fair-esm state dict
+loads unchanged; :func:`esm2_state_dict_from_transformers` maps transformers' ``EsmModel`` /
+``EsmForMaskedLM`` keys onto it.
+
+The hot paths run through the backend (``self.ops``): every LayerNorm, fused with the residual
+add that precedes it, and the rotary attention core. Attention weights, which the fused core does
+not return, are computed explicitly in plain PyTorch when asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checkpoint import CheckpointError, load_into, torch_load
+from .alphabet import Alphabet, as_alphabet
+from .backend import BackendModule, set_backend
+from .config import ESM2Config
+from .hub import (
+    TRANSFORMERS_WEIGHT_FILES,
+    load_transformers_config,
+    load_transformers_state_dict,
+    resolve_hf_snapshot,
+    resolve_torch_hub_checkpoint,
+)
+
+# ESM-2 was trained masking 15% of tokens, 80% of those with <mask> (fair-esm ``mask_ratio_train``).
+MASK_RATIO_TRAIN = 0.15 * 0.8
+CONTACT_KEYS = ("contact_head.regression.weight", "contact_head.regression.bias")
+
+
+def default_inv_freq(head_dim: int, theta: float = 10000.0) -> torch.Tensor:
+    """Rotary inverse frequencies ``theta^(-2i/D)``, fp32 [D/2] (RoFormer / GPT-NeoX)."""
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+
+
+class RotaryEmbedding(nn.Module):
+    """Holds the rotary ``inv_freq`` buffer (key ``rot_emb.inv_freq``) and makes the cos/sin tables.
+
+    The buffer stays fp32 whatever dtype the model is cast to: official checkpoints store values
+    rounded in fp16 during training and positions beyond ~2k would be wrong if rounded again to
+    bf16. Loaded values are kept, never recomputed.
+    """
+
+    def __init__(self, head_dim: int, theta: float = 10000.0) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.theta = theta
+        self.register_buffer("inv_freq", default_inv_freq(head_dim, theta))
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.inv_freq.copy_(default_inv_freq(self.head_dim, self.theta))
+
+    def _apply(self, fn, recurse=True):
+        before = self.inv_freq
+        super()._apply(fn, recurse)
+        if self.inv_freq.dtype != torch.float32:
+            # Keep the exact fp32 values across .half()/.to(bfloat16).
+            src = before if not before.is_meta and not self.inv_freq.is_meta else self.inv_freq
+            self.inv_freq = src.to(device=self.inv_freq.device, dtype=torch.float32)
+        return self
+
+    def cos_sin(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin: [T, D] fp32 for positions 0..T-1 (both halves share each frequency)."""
+        t = torch.arange(seq_len, device=device, dtype=torch.float32)
+        freqs = torch.outer(t, self.inv_freq.to(device=device, dtype=torch.float32))  # [T, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)  # [T, D]
+        return emb.cos(), emb.sin()
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def attention_with_weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary self-attention that also returns its probabilities (plain PyTorch).
+
+    q, k, v: [B, T, H, D]; returns out [B, T, H, D] and weights [B, H, T, T], both in q's dtype,
+    softmax in fp32 as fair-esm does. The query is scaled before the rotation, like fair-esm.
+    """
+    cos, sin = cos.to(q.dtype), sin.to(q.dtype)
+    qh = q.transpose(1, 2) * scale  # [B, H, T, D]
+    kh = k.transpose(1, 2)  # [B, H, T, D]
+    qh = qh * cos + _rotate_half(qh) * sin
+    kh = kh * cos + _rotate_half(kh) * sin
+    logits = qh @ kh.transpose(-1, -2)  # [B, H, T, T]
+    if key_padding_mask is not None:
+        logits = logits.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(q.dtype)  # [B, H, T, T]
+    out = probs @ v.transpose(1, 2)  # [B, H, T, D]
+    return out.transpose(1, 2), probs
+
+
+class ESM2SelfAttention(BackendModule):
+    """Multi-head self-attention with rotary embeddings (fair-esm ``MultiheadAttention`` keys).
+
+    At inference the q/k/v weights are views into one [3C, C] tensor so a single matmul makes all
+    three projections without keeping a second copy of the weights.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, rope_theta: float = 10000.0) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.rot_emb = RotaryEmbedding(self.head_dim, rope_theta)
+        self._qkv_weight: torch.Tensor | None = None  # [3C, C], plain attribute: not in the state dict
+        self._qkv_bias: torch.Tensor | None = None  # [3C]
+
+    def _apply(self, fn, recurse=True):
+        # Conversions give each parameter new storage; drop the stale fused tensor first.
+        self._qkv_weight = self._qkv_bias = None
+        return super()._apply(fn, recurse)
+
+    def _projections(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        p = (self.q_proj, self.k_proj, self.v_proj)
+        return [m.weight for m in p], [m.bias for m in p]
+
+    def _is_fused(self) -> bool:
+        W, b = self._qkv_weight, self._qkv_bias
+        if W is None or b is None:
+            return False
+        weights, biases = self._projections()
+        C = self.embed_dim
+        for i, (w, bb) in enumerate(zip(weights, biases)):
+            if w.dtype != W.dtype or w.device != W.device or bb.dtype != b.dtype or bb.device != b.device:
+                return False
+            if w.data_ptr() != W[i * C].data_ptr() or bb.data_ptr() != b[i * C :].data_ptr():
+                return False
+        return True
+
+    def _fuse(self) -> None:
+        weights, biases = self._projections()
+        C = self.embed_dim
+        # Outside inference mode so the parameters never become inference tensors.
+        with torch.inference_mode(False), torch.no_grad():
+            W = torch.cat([w.detach() for w in weights])  # [3C, C]
+            b = torch.cat([x.detach() for x in biases])  # [3C]
+            for i, (w, bb) in enumerate(zip(weights, biases)):
+                w.data = W[i * C : (i + 1) * C]
+                bb.data = b[i * C : (i + 1) * C]
+        self._qkv_weight, self._qkv_bias = W, b
+
+    def qkv_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stacked [3C, C] weight and [3C] bias of the q, k, v projections."""
+        weights, biases = self._projections()
+        if torch.is_grad_enabled() and any(w.requires_grad for w in weights + biases):
+            return torch.cat(weights), torch.cat(biases)  # differentiable: gradients reach each Linear
+        if not self._is_fused():
+            self._fuse()
+        return self._qkv_weight, self._qkv_bias
+
+    def forward(
+        self, h: torch.Tensor, key_padding_mask: torch.Tensor | None = None, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """h: [B, T, C] (already normalised) -> out_proj(attention) [B, T, C], weights [B, H, T, T]."""
+        B, T, C = h.shape
+        W, b = self.qkv_weight()
+        qkv = F.linear(h, W, b).view(B, T, 3, self.num_heads, self.head_dim)  # [B, T, 3, H, D]
+        q, k, v = qkv.unbind(2)  # each [B, T, H, D], strided views of qkv
+        cos, sin = self.rot_emb.cos_sin(T, h.device)  # [T, D] fp32
+        # The backend ops are forward-only; training (autograd) takes the plain PyTorch path too.
+        if need_weights or (torch.is_grad_enabled() and qkv.requires_grad):
+            out, weights = attention_with_weights(q, k, v, cos, sin, key_padding_mask, self.scaling)
+            weights = weights if need_weights else None
+        else:
+            out = self.ops.rotary_attention(q, k, v, cos, sin, key_padding_mask, self.scaling)
+            weights = None
+        return self.out_proj(out.reshape(B, T, C)), weights
+
+
+class ESM2Layer(nn.Module):
+    """One pre-LayerNorm transformer layer (fair-esm ``TransformerLayer`` keys).
+
+    ``ESM2.forward`` drives the parts so each residual add is fused into the next LayerNorm:
+    x <- x + attn(LN1(x)); x <- x + fc2(gelu(fc1(LN2(x)))).
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, eps: float = 1e-5, rope_theta: float = 10000.0) -> None:
+        super().__init__()
+        self.self_attn = ESM2SelfAttention(embed_dim, num_heads, rope_theta)
+        self.self_attn_layer_norm = nn.LayerNorm(embed_dim, eps=eps)
+        self.fc1 = nn.Linear(embed_dim, 4 * embed_dim)
+        self.fc2 = nn.Linear(4 * embed_dim, embed_dim)
+        self.final_layer_norm = nn.LayerNorm(embed_dim, eps=eps)
+
+    def feed_forward(self, h: torch.Tensor) -> torch.Tensor:
+        """[B, T, C] -> [B, T, C]; exact (erf) GELU as ESM-2 was trained with."""
+        return self.fc2(F.gelu(self.fc1(h)))
+
+
+class ESM2LMHead(BackendModule):
+    """RoBERTa masked-LM head; ``weight`` is the token embedding (tied)."""
+
+    def __init__(self, embed_dim: int, weight: nn.Parameter, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.dense = nn.Linear(embed_dim, embed_dim)
+        self.layer_norm = nn.LayerNorm(embed_dim, eps=eps)
+        self.weight = weight
+        self.bias = nn.Parameter(torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, C] -> logits [B, T, V]."""
+        x = F.gelu(self.dense(x))
+        x = self.ops.layer_norm(x, self.layer_norm.weight, self.layer_norm.bias, self.layer_norm.eps)
+        return F.linear(x, self.weight, self.bias)
+
+
+def symmetrize(x: torch.Tensor) -> torch.Tensor:
+    """x + x^T over the last two dims."""
+    return x + x.transpose(-1, -2)
+
+
+def average_product_correct(x: torch.Tensor) -> torch.Tensor:
+    """APC: subtract row-sum x column-sum / total from each map (Dunn et al. 2008)."""
+    a1 = x.sum(-1, keepdim=True)  # [..., S, 1]
+    a2 = x.sum(-2, keepdim=True)  # [..., 1, S]
+    a12 = x.sum((-1, -2), keepdim=True)  # [..., 1, 1]
+    return x - a1 * a2 / a12
+
+
+class ESM2ContactHead(nn.Module):
+    """Contacts from attention maps: drop eos and cls, symmetrise, APC, logistic regression."""
+
+    def __init__(self, in_features: int, eos_idx: int) -> None:
+        super().__init__()
+        self.eos_idx = eos_idx
+        self.regression = nn.Linear(in_features, 1)
+
+    def forward(self, tokens: torch.Tensor, attentions: torch.Tensor) -> torch.Tensor:
+        """tokens [B, T], attentions [B, L, H, T, T] -> contact probabilities [B, T-2, T-2]."""
+        keep = tokens.ne(self.eos_idx).to(attentions.dtype)  # [B, T]
+        # fair-esm zeroes every eos row/column, then drops the last and the first (cls) position.
+        pair = keep[:, :, None] * keep[:, None, :]  # [B, T, T]
+        att = attentions * pair[:, None, None]
+        att = att[..., 1:-1, 1:-1]  # [B, L, H, S, S]
+        B, L, H, S, _ = att.shape
+        att = att.reshape(B, L * H, S, S).to(self.regression.weight)  # [B, LH, S, S]
+        feats = average_product_correct(symmetrize(att))  # [B, LH, S, S]
+        w = self.regression.weight[0]  # [LH]
+        logits = torch.einsum("bcij,c->bij", feats, w) + self.regression.bias  # [B, S, S]
+        return torch.sigmoid(logits)
+
+
+class ESM2(BackendModule):
+    """ESM-2 protein language model (fair-esm semantics and state-dict keys).
+
+    Build from an :class:`ESM2Config` or with fair-esm's keywords::
+
+        ESM2(ESM2Config.named("esm2_t6_8M_UR50D"))
+        ESM2(num_layers=33, embed_dim=1280, attention_heads=20, alphabet="ESM-1b", token_dropout=True)
+
+    ``lm_head=False`` leaves the masked-LM head out (ESMFold's LM has none); ``contact_head=False``
+    leaves the contact regression out. Without them ``logits`` / ``contacts`` are not produced.
+    """
+
+    def __init__(
+        self,
+        num_layers: int | ESM2Config = 33,
+        embed_dim: int = 1280,
+        attention_heads: int = 20,
+        alphabet: Alphabet | str | Any = "ESM-1b",
+        token_dropout: bool = True,
+        *,
+        config: ESM2Config | None = None,
+        lm_head: bool = True,
+        contact_head: bool = True,
+    ) -> None:
+        super().__init__()
+        if isinstance(num_layers, ESM2Config):
+            config = num_layers
+        alphabet = as_alphabet(alphabet)
+        if config is None:
+            config = ESM2Config(
+                num_layers=num_layers,
+                embed_dim=embed_dim,
+                attention_heads=attention_heads,
+                token_dropout=token_dropout,
+                alphabet_size=len(alphabet),
+                padding_idx=alphabet.padding_idx,
+                mask_idx=alphabet.mask_idx,
+                cls_idx=alphabet.cls_idx,
+                eos_idx=alphabet.eos_idx,
+            )
+        _check_config(config, alphabet)
+        self.config = config
+        self.alphabet = alphabet
+        self.num_layers = config.num_layers
+        self.embed_dim = config.embed_dim
+        self.attention_heads = config.attention_heads
+        self.alphabet_size = config.alphabet_size
+        self.padding_idx = config.padding_idx
+        self.mask_idx = config.mask_idx
+        self.cls_idx = config.cls_idx
+        self.eos_idx = config.eos_idx
+        self.prepend_bos = self.append_eos = True
+        self.token_dropout = config.token_dropout
+        eps = config.layer_norm_eps
+
+        self.embed_tokens = nn.Embedding(config.alphabet_size, config.embed_dim, padding_idx=config.padding_idx)
+        self.layers = nn.ModuleList(
+            ESM2Layer(config.embed_dim, config.attention_heads, eps, config.rope_theta)
+            for _ in range(config.num_layers)
+        )
+        self.contact_head = (
+            ESM2ContactHead(config.num_layers * config.attention_heads, config.eos_idx) if contact_head else None
+        )
+        self.emb_layer_norm_after = nn.LayerNorm(config.embed_dim, eps=eps)
+        self.lm_head = ESM2LMHead(config.embed_dim, self.embed_tokens.weight, eps) if lm_head else None
+        # Why contacts cannot be computed (e.g. the regression file was missing); None = they can.
+        self.contacts_unavailable: str | None = None if contact_head else "this ESM2 was built without a contact head"
+
+    # ---------------------------------------------------------------------------------------------
+    # forward
+    # ---------------------------------------------------------------------------------------------
+
+    def _ln(self, x: torch.Tensor, ln: nn.LayerNorm, residual: torch.Tensor | None = None):
+        if residual is None:
+            return self.ops.layer_norm(x, ln.weight, ln.bias, ln.eps)
+        return self.ops.layer_norm(x, ln.weight, ln.bias, ln.eps, residual=residual)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with token dropout and padding zeroed: [B, T] -> [B, T, C].
+
+        Token dropout: ``<mask>`` embeddings are zeroed and the rest rescaled by
+        (1 - 0.12) / (1 - observed mask ratio), the ratio taken over non-padding tokens.
+        """
+        x = self.embed_tokens(tokens)  # [B, T, C]
+        keep = tokens.ne(self.padding_idx)  # [B, T]
+        if self.token_dropout:
+            is_mask = tokens.eq(self.mask_idx)
+            ratio = is_mask.sum(-1).to(x.dtype) / keep.sum(-1).to(x.dtype)  # [B]
+            scale = (1 - MASK_RATIO_TRAIN) / (1 - ratio)  # [B]
+            mult = (keep & ~is_mask).to(x.dtype) * scale[:, None]  # [B, T]
+        else:
+            mult = keep.to(x.dtype)
+        return x * mult.unsqueeze(-1)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        repr_layers: Iterable[int] = (),
+        need_head_weights: bool = False,
+        return_contacts: bool = False,
+        *,
+        return_logits: bool = True,
+    ) -> dict[str, Any]:
+        """Run the encoder on ``tokens`` [B, T] (cls ... eos, padded with ``padding_idx``).
+
+        Returns ``logits`` [B, T, V] (when the model has an LM head and ``return_logits``),
+        ``representations`` {layer: [B, T, C]} for ``repr_layers`` (0 = embeddings after token
+        dropout, ``num_layers`` = after ``emb_layer_norm_after``), and with ``need_head_weights``
+        ``attentions`` [B, L, H, T, T] (zero at padding); with ``return_contacts`` also
+        ``contacts`` [B, T-2, T-2].
+        """
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
+        if return_contacts:
+            if self.contacts_unavailable is not None:
+                raise RuntimeError(f"return_contacts=True: {self.contacts_unavailable}")
+            need_head_weights = True
+        repr_layers = set(repr_layers)
+        padding_mask = tokens.eq(self.padding_idx)  # [B, T]
+        x = self.embed(tokens)  # [B, T, C]
+        hidden: dict[int, torch.Tensor] = {}
+        if 0 in repr_layers:
+            hidden[0] = x
+        key_padding_mask = padding_mask if bool(padding_mask.any()) else None
+        weights: list[torch.Tensor] = []
+
+        # Each residual add is fused into the LayerNorm that follows it; x is the residual stream.
+        h = self._ln(x, self.layers[0].self_attn_layer_norm) if self.layers else self._ln(
+            x, self.emb_layer_norm_after
+        )
+        for i, layer in enumerate(self.layers):
+            a, w = layer.self_attn(h, key_padding_mask, need_head_weights)  # [B, T, C]
+            h, x = self._ln(a, layer.final_layer_norm, residual=x)  # x += attention
+            f = layer.feed_forward(h)  # [B, T, C]
+            last = i + 1 == len(self.layers)
+            nxt = self.emb_layer_norm_after if last else self.layers[i + 1].self_attn_layer_norm
+            h, x = self._ln(f, nxt, residual=x)  # x += feed-forward
+            if i + 1 in repr_layers:
+                hidden[i + 1] = x
+            if w is not None:
+                weights.append(w)
+        # h is now emb_layer_norm_after(x): the last layer's representation.
+        if self.num_layers in repr_layers:
+            hidden[self.num_layers] = h
+
+        result: dict[str, Any] = {"representations": hidden}
+        if self.lm_head is not None and return_logits:
+            result["logits"] = self.lm_head(h)
+        if need_head_weights:
+            attentions = torch.stack(weights, 1)  # [B, L, H, T, T]
+            if key_padding_mask is not None:
+                keep = (~padding_mask).to(attentions.dtype)
+                attentions = attentions * (keep[:, :, None] * keep[:, None, :])[:, None, None]
+            result["attentions"] = attentions
+            if return_contacts:
+                result["contacts"] = self.contact_head(tokens, attentions)
+        return result
+
+    def predict_contacts(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self(tokens, return_contacts=True)["contacts"]
+
+    # ---------------------------------------------------------------------------------------------
+    # loading
+    # ---------------------------------------------------------------------------------------------
+
+    def _tie_weights(self) -> None:
+        if self.lm_head is not None:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def _reset_buffers(self) -> None:
+        for layer in self.layers:
+            layer.self_attn.rot_emb.reset_parameters()
+
+    @classmethod
+    def empty(
+        cls,
+        config: ESM2Config,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        lm_head: bool = True,
+        contact_head: bool = True,
+    ) -> "ESM2":
+        """A model with uninitialised weights (no time spent on random init) and default rotary buffers.
+
+        For loaders: every parameter is overwritten from a checkpoint right after.
+        """
+        with torch.device("meta"):
+            model = cls(config, lm_head=lm_head, contact_head=contact_head)
+        if dtype is not None:
+            model.to(dtype=dtype)
+        model.to_empty(device=torch.device(device) if device is not None else torch.device("cpu"))
+        model._tie_weights()
+        model._reset_buffers()
+        if model.contact_head is not None:
+            model.contact_head.regression.reset_parameters()
+        return model
+
+    def load_esm2_state_dict(self, state_dict: Mapping[str, torch.Tensor], source: str | os.PathLike) -> None:
+        """Load a state dict in fair-esm's ESM2 layout (prefixes already stripped); strict.
+
+        Allowances: ``lm_head.*`` keys are dropped when this model has no LM head, contact-head
+        keys when it has no contact head; a checkpoint without any contact regression loads and
+        marks contacts unavailable; rotary ``inv_freq`` may be absent (defaults are used).
+        A mismatch raises :class:`CheckpointError` naming ``source`` and the keys.
+        """
+        sd = dict(state_dict)
+        if self.lm_head is None:
+            sd = {k: v for k, v in sd.items() if not k.startswith("lm_head.")}
+        if self.contact_head is None:
+            sd = {k: v for k, v in sd.items() if not k.startswith("contact_head.")}
+        ignore_missing = ["rot_emb.inv_freq"]
+        no_contacts = self.contact_head is not None and not any(k in sd for k in CONTACT_KEYS)
+        if no_contacts:
+            ignore_missing += list(CONTACT_KEYS)
+        if self.lm_head is not None and "lm_head.weight" in sd and "embed_tokens.weight" in sd:
+            if not torch.equal(sd["lm_head.weight"], sd["embed_tokens.weight"]):
+                raise CheckpointError(f"{source}: lm_head.weight differs from embed_tokens.weight (ESM-2 ties them)")
+        load_into(self, sd, source, ignore_missing=ignore_missing)
+        if no_contacts:
+            self.contacts_unavailable = f"{source}: the checkpoint has no contact regression weights"
+        elif self.contact_head is not None:
+            self.contacts_unavailable = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        lm_head: bool | None = None,
+        backend: str | None = None,
+    ) -> "ESM2":
+        """Load ESM-2 weights; nothing is ever downloaded.
+
+        ``path`` is (a) a fair-esm ``.pt`` file (contact regression read from the sibling
+        ``<name>-contact-regression.pt`` if present), (b) a transformers ``EsmModel`` /
+        ``EsmForMaskedLM`` directory, (c) a fair-esm name (``esm2_t6_8M_UR50D``, from the torch hub
+        cache) or (d) a hub name (``facebook/esm2_t6_8M_UR50D``, from the Hugging Face cache).
+        ``lm_head=None`` builds the LM head when the checkpoint has one. Returns an eval-mode model.
+        """
+        p = Path(path)
+        if p.is_dir():
+            model = _load_transformers_dir(cls, p, device, dtype, lm_head)
+        elif p.is_file() or str(path).endswith(".pt"):
+            model = _load_fair_esm_file(cls, p, device, dtype, lm_head)
+        elif "/" in str(path):
+            snap = resolve_hf_snapshot(str(path), ("config.json", TRANSFORMERS_WEIGHT_FILES))
+            model = _load_transformers_dir(cls, snap, device, dtype, lm_head)
+        else:
+            model = _load_fair_esm_file(cls, resolve_torch_hub_checkpoint(str(path)), device, dtype, lm_head)
+        if backend is not None:
+            set_backend(model, backend, device)
+        return model.eval()
+
+
+def _check_config(config: ESM2Config, alphabet: Alphabet) -> None:
+    config.validate()
+    if config.num_layers < 1:
+        raise ValueError("ESM2 needs at least one layer")
+    ids = (config.alphabet_size, config.padding_idx, config.mask_idx, config.cls_idx, config.eos_idx)
+    ours = (len(alphabet), alphabet.padding_idx, alphabet.mask_idx, alphabet.cls_idx, alphabet.eos_idx)
+    if ids != ours:
+        raise ValueError(f"config token ids (size, pad, mask, cls, eos) {ids} do not match the ESM-2 alphabet {ours}")
+
+
+# -------------------------------------------------------------------------------------------------
+# fair-esm checkpoints
+# -------------------------------------------------------------------------------------------------
+
+_FAIR_ESM_PREFIX = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")
+
+
+def esm2_state_dict_from_fair_esm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip fair-esm's raw ``encoder.sentence_encoder.`` / ``encoder.`` prefixes (as ``esm.pretrained``)."""
+    return {_FAIR_ESM_PREFIX.sub("", k): v for k, v in state_dict.items()}
+
+
+def esm2_config_from_fair_esm(cfg: Any, source: str = "checkpoint") -> ESM2Config:
+    """Map fair-esm's pickled ``cfg["model"]`` (Namespace or dict) to :class:`ESM2Config`."""
+    get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
+    try:
+        config = ESM2Config(
+            num_layers=int(get("encoder_layers")),
+            embed_dim=int(get("encoder_embed_dim")),
+            attention_heads=int(get("encoder_attention_heads")),
+            token_dropout=bool(get("token_dropout", True)),
+        )
+    except TypeError as err:
+        raise CheckpointError(f"{source}: cfg['model'] lacks ESM-2 sizes (encoder_layers, ...): {err}") from err
+    ffn = get("encoder_ffn_embed_dim")
+    if ffn is not None and int(ffn) != config.ffn_embed_dim:
+        raise CheckpointError(f"{source}: encoder_ffn_embed_dim {ffn} != 4 x embed dim; not an ESM-2 model")
+    return config
+
+
+def _load_fair_esm_file(cls, path: Path, device, dtype, lm_head: bool | None) -> ESM2:
+    data = torch_load(path)
+    if not isinstance(data, Mapping) or "model" not in data:
+        raise CheckpointError(f"{path}: not a fair-esm checkpoint (expected a dict with 'cfg' and 'model')")
+    cfg = data.get("cfg")
+    model_cfg = cfg.get("model") if isinstance(cfg, Mapping) else None
+    if model_cfg is None:
+        raise CheckpointError(f"{path}: no cfg['model'] in the checkpoint (not an ESM-2 .pt file)")
+    config = esm2_config_from_fair_esm(model_cfg, str(path))
+    sd = esm2_state_dict_from_fair_esm(data["model"])
+    regression = path.with_name(path.stem + "-contact-regression.pt")
+    if regression.is_file():
+        reg = torch_load(regression)
+        if not isinstance(reg, Mapping) or not isinstance(reg.get("model"), Mapping):
+            raise CheckpointError(f"{regression}: not a contact regression file (expected {{'model': {{...}}}})")
+        sd.update(reg["model"])
+    has_lm = any(k.startswith("lm_head.") for k in sd)
+    model = cls.empty(config, device, dtype, lm_head=has_lm if lm_head is None else lm_head)
+    model.load_esm2_state_dict(sd, path)
+    if not regression.is_file():
+        model.contacts_unavailable = (
+            f"no contact regression for {path}; put {regression.name} next to it to predict contacts"
+        )
+    return model
+
+
+# -------------------------------------------------------------------------------------------------
+# transformers checkpoints
+# -------------------------------------------------------------------------------------------------
+
+_HF_LAYER = re.compile(r"^encoder\.layer\.(\d+|\*)\.(.+)$")
+_HF_LAYER_PARTS = {
+    "attention.self.query": "self_attn.q_proj",
+    "attention.self.key": "self_attn.k_proj",
+    "attention.self.value": "self_attn.v_proj",
+    "attention.output.dense": "self_attn.out_proj",
+    "attention.LayerNorm": "self_attn_layer_norm",
+    "intermediate.dense": "fc1",
+    "output.dense": "fc2",
+    "LayerNorm": "final_layer_norm",
+}
+_HF_PARAM = {"weight": "weight", "bias": "bias", "gamma": "weight", "beta": "bias"}  # gamma/beta: legacy names
+_HF_ROTARY_LAYER_KEY = "attention.self.rotary_embeddings.inv_freq"
+# Keys transformers itself ignores or that are not part of ESM-2 (EsmModel's pooler).
+_HF_DROPPED = re.compile(r"^(embeddings\.position_ids|embeddings\.position_embeddings\.weight|pooler\..*)$")
+
+
+def esm2_state_dict_from_transformers(
+    sd: Mapping[str, torch.Tensor], prefix: str = "", lm_head: bool | None = None
+) -> dict[str, torch.Tensor]:
+    """Map transformers ``EsmModel`` / ``EsmForMaskedLM`` keys to :class:`ESM2`'s (fair-esm's).
+
+    ``prefix`` is where the ``EsmModel`` sits (``"esm."`` inside ``EsmForMaskedLM`` and
+    ``EsmForProteinFolding``); with ``""`` an ``esm.``-prefixed masked-LM dict is recognised. Keys
+    outside the prefix are ignored, except the masked-LM head ``lm_head.{dense,layer_norm,bias,
+    decoder}`` which is mapped when ``lm_head`` is True, or None and ``lm_head.dense.weight`` is present
+    (ESMFold's own ``lm_head`` is a plain Linear and is never taken). Rotary ``inv_freq`` in any
+    layout (per layer, transformers 5.x's model-level key, or the ``layer.*`` key 5.x writes on save)
+    is copied to every layer unchanged. Unknown keys under the prefix are kept under their original
+    name so a strict load reports them.
+    """
+    if not prefix and "embeddings.word_embeddings.weight" not in sd and "esm.embeddings.word_embeddings.weight" in sd:
+        prefix = "esm."
+    out: dict[str, torch.Tensor] = {}
+    shared_inv_freq: torch.Tensor | None = None
+    n_layers = 0
+    for key, value in sd.items():
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix) :]
+        if _HF_DROPPED.match(name):
+            continue
+        if name == "embeddings.word_embeddings.weight":
+            out["embed_tokens.weight"] = value
+        elif name.startswith("encoder.emb_layer_norm_after."):
+            out["emb_layer_norm_after." + name.rsplit(".", 1)[1]] = value
+        elif name.startswith("contact_head.regression."):
+            out[name] = value
+        elif name == "rotary_embeddings.inv_freq":
+            shared_inv_freq = value
+        elif (m := _HF_LAYER.match(name)) is not None:
+            idx, rest = m.groups()
+            if rest == _HF_ROTARY_LAYER_KEY:
+                if idx == "*":
+                    shared_inv_freq = value
+                else:
+                    out[f"layers.{idx}.self_attn.rot_emb.inv_freq"] = value
+                continue
+            part, _, param = rest.rpartition(".")
+            if idx == "*" or part not in _HF_LAYER_PARTS or param not in _HF_PARAM:
+                out[key] = value
+                continue
+            out[f"layers.{idx}.{_HF_LAYER_PARTS[part]}.{_HF_PARAM[param]}"] = value
+            n_layers = max(n_layers, int(idx) + 1)
+        else:
+            out[key] = value
+    if shared_inv_freq is not None:
+        for i in range(n_layers):
+            out.setdefault(f"layers.{i}.self_attn.rot_emb.inv_freq", shared_inv_freq)
+    if lm_head is None:
+        lm_head = "lm_head.dense.weight" in sd
+    if lm_head:
+        out.update(_lm_head_from_transformers(sd, out))
+    return out
+
+
+def _lm_head_from_transformers(sd: Mapping[str, torch.Tensor], mapped: Mapping[str, torch.Tensor]) -> dict:
+    out = {}
+    for key, value in sd.items():
+        if key.startswith(("lm_head.dense.", "lm_head.layer_norm.")) or key == "lm_head.bias":
+            out[key] = value
+    # The decoder is tied to the word embeddings; save_pretrained usually leaves it out.
+    decoder = sd.get("lm_head.decoder.weight")
+    out["lm_head.weight"] = decoder if decoder is not None else mapped.get("embed_tokens.weight")
+    if out["lm_head.weight"] is None:
+        del out["lm_head.weight"]
+    return out
+
+
+def esm2_config_from_transformers(config: Mapping[str, Any], source: str = "config.json") -> ESM2Config:
+    """Map a transformers ``EsmConfig`` dict (``config.json``) to :class:`ESM2Config`."""
+    if config.get("position_embedding_type", "absolute") != "rotary":
+        raise CheckpointError(f"{source}: position_embedding_type is not 'rotary': not an ESM-2 model")
+    if config.get("emb_layer_norm_before"):
+        raise CheckpointError(f"{source}: emb_layer_norm_before=True is ESM-1b, not ESM-2")
+    vocab = config.get("vocab_list")
+    if vocab is not None and list(vocab) != Alphabet().all_toks:
+        raise CheckpointError(f"{source}: vocab_list differs from the ESM-2 alphabet")
+    rope = config.get("rope_parameters") or {}
+    mask_id = config.get("mask_token_id")
+    pad_id = config.get("pad_token_id")
+    try:
+        esm = ESM2Config(
+            num_layers=int(config["num_hidden_layers"]),
+            embed_dim=int(config["hidden_size"]),
+            attention_heads=int(config["num_attention_heads"]),
+            token_dropout=bool(config.get("token_dropout", False)),
+            alphabet_size=int(config.get("vocab_size", 33)),
+            padding_idx=1 if pad_id is None else int(pad_id),
+            mask_idx=32 if mask_id is None else int(mask_id),
+            layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
+            rope_theta=float(config.get("rope_theta") or rope.get("rope_theta") or 10000.0),
+        )
+    except KeyError as err:
+        raise CheckpointError(f"{source}: missing field {err}") from err
+    inter = config.get("intermediate_size")
+    if inter is not None and int(inter) != esm.ffn_embed_dim:
+        raise CheckpointError(f"{source}: intermediate_size {inter} != 4 x hidden_size: not an ESM-2 model")
+    return esm
+
+
+def _load_transformers_dir(cls, directory: Path, device, dtype, lm_head: bool | None) -> ESM2:
+    raw_config = load_transformers_config(directory)
+    config = esm2_config_from_transformers(raw_config, str(directory / "config.json"))
+    raw = load_transformers_state_dict(directory)
+    has_lm = "lm_head.dense.weight" in raw
+    build_lm = has_lm if lm_head is None else lm_head
+    if build_lm and not has_lm:
+        raise CheckpointError(f"{directory}: lm_head=True but the checkpoint has no masked-LM head")
+    sd = esm2_state_dict_from_transformers(raw, lm_head=build_lm)
+    model = cls.empty(config, device, dtype, lm_head=build_lm)
+    model.load_esm2_state_dict(sd, directory)
+    return model
+
+
+__all__ = [
+    "ESM2",
+    "ESM2Config",
+    "ESM2ContactHead",
+    "ESM2LMHead",
+    "ESM2Layer",
+    "ESM2SelfAttention",
+    "RotaryEmbedding",
+    "attention_with_weights",
+    "esm2_config_from_fair_esm",
+    "esm2_config_from_transformers",
+    "esm2_state_dict_from_fair_esm",
+    "esm2_state_dict_from_transformers",
+]

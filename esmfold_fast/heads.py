@@ -1,0 +1,96 @@
+"""ESMFold's output heads: distogram, pLDDT, pTM and predicted aligned error.
+
+Semantics are fair-esm's (``esm/esmfold/v1/esmfold.py``, ``categorical_mixture.py``) and OpenFold's confidence
+helpers (``compute_tm``, ``compute_predicted_aligned_error``; AlphaFold2 supplement 1.9.6-1.9.7): pLDDT is the
+mean of a 50-bin categorical over [0, 1], scaled here to 0-100 as fair-esm does; pTM is computed per sequence
+over its true length; PAE uses 64 bins of width 31/62 Angstrom.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+DISTOGRAM_BINS = 64
+LDDT_BINS = 50
+PAE_MAX_BIN = 31  # Angstrom; the last bin is open-ended
+
+
+def lddt_head(c_s: int, hidden: int, bins: int = LDDT_BINS) -> nn.Sequential:
+    """The pLDDT head (keys ``lddt_head.{0..3}``): LayerNorm then three Linears with no activation, as
+    released; outputs 37 atoms x ``bins`` logits per residue."""
+    return nn.Sequential(nn.LayerNorm(c_s), nn.Linear(c_s, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, 37 * bins))
+
+
+def symmetric_distogram_logits(head: nn.Linear, z: torch.Tensor) -> torch.Tensor:
+    """Distogram logits [B, L, L, bins], symmetrised over (i, j) like both references."""
+    logits = head(z)
+    return (logits + logits.transpose(1, 2)) / 2
+
+
+def categorical_mean(logits: torch.Tensor, start: float = 0.0, end: float = 1.0) -> torch.Tensor:
+    """Expected value of a categorical over equal bins of [start, end] (``logits [..., bins]`` -> [...])."""
+    n = logits.shape[-1]
+    edges = torch.linspace(start, end, n + 1, device=logits.device, dtype=logits.dtype)
+    centers = (edges[:-1] + edges[1:]) / 2
+    return logits.softmax(-1) @ centers
+
+
+def plddt_from_logits(lddt_logits: torch.Tensor) -> torch.Tensor:
+    """pLDDT on 0-100 from the last block's head logits ``[B, L, 37, bins]`` -> [B, L, 37]."""
+    return 100 * categorical_mean(lddt_logits)
+
+
+def _pae_bin_centers(no_bins: int, max_bin: float, device, dtype) -> torch.Tensor:
+    # Boundaries in float32 like OpenFold's helpers (torch.linspace default), so float64 runs agree.
+    boundaries = torch.linspace(0, max_bin, steps=no_bins - 1, device=device)
+    step = boundaries[1] - boundaries[0]
+    centers = boundaries + step / 2
+    return torch.cat([centers, (centers[-1] + step).unsqueeze(-1)]).to(dtype)  # [no_bins]
+
+
+def predicted_aligned_error(
+    logits: torch.Tensor, max_bin: float = PAE_MAX_BIN, no_bins: int = DISTOGRAM_BINS
+) -> dict[str, torch.Tensor]:
+    """AlphaFold2's predicted aligned error from pTM-head logits [B, L, L, no_bins].
+
+    Returns ``aligned_confidence_probs`` [B, L, L, no_bins], ``predicted_aligned_error`` [B, L, L] (Angstrom)
+    and ``max_predicted_aligned_error`` (scalar, the last bin centre).
+    """
+    probs = torch.softmax(logits, dim=-1)
+    centers = _pae_bin_centers(no_bins, max_bin, logits.device, logits.dtype)
+    return {
+        "aligned_confidence_probs": probs,
+        "predicted_aligned_error": probs @ centers,
+        "max_predicted_aligned_error": centers[-1],
+    }
+
+
+def compute_tm(
+    logits: torch.Tensor,
+    residue_weights: torch.Tensor | None = None,
+    max_bin: float = PAE_MAX_BIN,
+    no_bins: int = DISTOGRAM_BINS,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """Predicted TM-score (AlphaFold2 supplement 1.9.7, eq. 40) of one structure: logits [N, N, no_bins].
+
+    d0 uses N clipped below at 19; the score is the best over alignment anchors i of the weighted mean over
+    j of the expected TM term.
+    """
+    n = logits.shape[-2]
+    if residue_weights is None:
+        residue_weights = logits.new_ones(n)
+    centers = _pae_bin_centers(no_bins, max_bin, logits.device, logits.dtype)
+    d0 = 1.24 * (max(n, 19) - 15) ** (1.0 / 3) - 1.8
+    tm_per_bin = 1.0 / (1 + centers**2 / d0**2)  # [no_bins]
+    term = torch.softmax(logits, dim=-1) @ tm_per_bin  # [N, N]
+    per_anchor = term @ (residue_weights / (eps + residue_weights.sum()))  # [N]
+    weighted = per_anchor * residue_weights
+    return per_anchor[torch.argmax(weighted)]
+
+
+def ptm_per_sequence(ptm_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """pTM of each sequence of a padded batch over its true length (fair-esm): [B, L, L, bins] -> [B]."""
+    lengths = mask.to(torch.int64).sum(1).tolist()
+    return torch.stack([compute_tm(logits[:n, :n]) for logits, n in zip(ptm_logits, lengths)])

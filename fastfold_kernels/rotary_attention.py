@@ -1,0 +1,366 @@
+"""ESM-2 self-attention core: rotary position embedding + softmax attention, fused.
+
+ESM-2 scales the queries by ``D**-0.5``, rotates queries and keys with the rotate-halves (GPT-NeoX)
+rotary embedding and masks padding keys with ``-inf`` before a softmax over keys (fair-esm
+``esm/multihead_attention.py``, ``esm/rotary_embedding.py``). Here that whole core is one op:
+
+* :func:`rotary_attention` - Triton flash-attention kernel; the rotary is applied to the query tile
+  once and to every key tile as it streams past, so rotated q/k are never written to memory and the
+  ``[L, L]`` logits of a head are never materialised (online softmax, fp32 statistics).
+* :func:`rotary_attention_reference` - naive PyTorch mirroring fair-esm (the oracle).
+* :func:`rotary_attention_torch` - rotary into ``[B, H, L, D]`` buffers, then
+  ``F.scaled_dot_product_attention`` (the ``torch`` backend).
+
+All three take ``q, k, v: [B, L, H, D]`` (any strides with a unit last-dim stride for the kernel),
+``cos, sin: [L, D]`` (fp32), ``key_padding_mask: [B, L]`` bool with True = padding key, and return
+``[B, L, H, D]`` in ``q``'s dtype. A query whose keys are ALL padding gets NaN, as in fair-esm.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ._runtime import AOTConfig, interpreting
+
+__all__ = [
+    "rotary_attention",
+    "rotary_attention_reference",
+    "rotary_attention_torch",
+    "aot_configs",
+    "FP32_DOT_PRECISION",
+]
+
+# fp32 inputs multiply in full precision by default (parity with the fp32/fp64 references);
+# FASTFOLD_ALLOW_TF32=1 trades that for tensor-core speed. bf16/fp16 always use tensor cores.
+FP32_DOT_PRECISION = "tf32" if os.environ.get("FASTFOLD_ALLOW_TF32", "0") == "1" else "ieee"
+
+_LOG2E = 1.4426950408889634
+_HEAD_DIMS = (16, 24, 32, 64, 128)
+
+
+def _check_inputs(q, k, v, cos, sin, key_padding_mask) -> None:
+    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"q, k, v must share one [B, L, H, D] shape; got {q.shape}, {k.shape}, {v.shape}")
+    B, L, H, D = q.shape
+    if D % 2:
+        raise ValueError(f"rotary needs an even head dim; got D={D}")
+    if cos.shape != (L, D) or sin.shape != (L, D):
+        raise ValueError(f"cos/sin must be [L, D] = [{L}, {D}]; got {tuple(cos.shape)}, {tuple(sin.shape)}")
+    if key_padding_mask is not None and key_padding_mask.shape != (B, L):
+        raise ValueError(f"key_padding_mask must be [B, L] = [{B}, {L}]; got {tuple(key_padding_mask.shape)}")
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """``cat(-x2, x1)`` over the last dim (rotate-halves / NeoX layout)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# reference: the oracle
+# --------------------------------------------------------------------------------------------
+
+
+def rotary_attention_reference(q, k, v, cos, sin, key_padding_mask=None, scale=None):
+    """Naive ESM-2 attention core, step by step as fair-esm's ``MultiheadAttention`` does it.
+
+    q, k, v: [B, L, H, D]; cos, sin: [L, D]; key_padding_mask: [B, L] bool (True = padding) or None.
+    Matmuls run in the input dtype, the softmax in (at least) fp32; returns [B, L, H, D] in q's dtype.
+    """
+    _check_inputs(q, k, v, cos, sin, key_padding_mask)
+    D = q.shape[-1]
+    scale = D**-0.5 if scale is None else scale
+    cos_, sin_ = cos.to(q.dtype), sin.to(q.dtype)  # fair-esm keeps its tables in the activation dtype
+    qh = q.transpose(1, 2) * scale  # [B, H, L, D]
+    kh = k.transpose(1, 2)  # [B, H, L, D]
+    qh = qh * cos_ + _rotate_half(qh) * sin_
+    kh = kh * cos_ + _rotate_half(kh) * sin_
+    logits = qh @ kh.transpose(-1, -2)  # [B, H, L, L]
+    if key_padding_mask is not None:
+        logits = logits.masked_fill(key_padding_mask[:, None, None, :].bool(), float("-inf"))
+    probs = torch.softmax(logits, dim=-1, dtype=torch.promote_types(q.dtype, torch.float32))
+    out = probs.to(v.dtype) @ v.transpose(1, 2)  # [B, H, L, D]
+    return out.transpose(1, 2).to(q.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# torch: the fast CPU path
+# --------------------------------------------------------------------------------------------
+
+
+def _rotary_into(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x: [B, L, H, D]`` into a fresh contiguous ``[B, H, L, D]`` buffer (x's dtype).
+
+    Works on the two halves directly, so no ``rotate_half`` concatenation is allocated; the
+    products promote to fp32 with the fp32 tables and round once on the store.
+    """
+    B, L, H, D = x.shape
+    h = D // 2
+    xh = x.transpose(1, 2)  # [B, H, L, D] view
+    x1, x2 = xh[..., :h], xh[..., h:]
+    out = torch.empty((B, H, L, D), dtype=x.dtype, device=x.device)
+    o1, o2 = out[..., :h], out[..., h:]
+    # out1 = x1*cos1 - x2*sin1 ; out2 = x2*cos2 + x1*sin2   (== x*cos + rotate_half(x)*sin)
+    torch.mul(x1, cos[:, :h], out=o1)
+    o1.sub_(x2 * sin[:, :h])
+    torch.mul(x2, cos[:, h:], out=o2)
+    o2.add_(x1 * sin[:, h:])
+    return out
+
+
+def rotary_attention_torch(q, k, v, cos, sin, key_padding_mask=None, scale=None):
+    """Rotary, then ``F.scaled_dot_product_attention`` (fused softmax, no [L, L] copy on CPU).
+
+    Same signature and semantics as :func:`rotary_attention`. Returns a [B, L, H, D] view of a
+    [B, H, L, D] buffer (the caller's head merge does its one copy).
+    """
+    _check_inputs(q, k, v, cos, sin, key_padding_mask)
+    D = q.shape[-1]
+    scale = D**-0.5 if scale is None else scale
+    cos = cos.to(device=q.device, dtype=torch.float32)
+    sin = sin.to(device=q.device, dtype=torch.float32)
+    qr = _rotary_into(q, cos, sin)  # [B, H, L, D]
+    kr = _rotary_into(k, cos, sin)  # [B, H, L, D]
+    attn_mask = None
+    if key_padding_mask is not None:
+        attn_mask = ~key_padding_mask.bool()[:, None, None, :]  # [B, 1, 1, L], True = attend
+    out = F.scaled_dot_product_attention(qr, kr, v.transpose(1, 2), attn_mask=attn_mask, scale=scale)
+    return out.transpose(1, 2)  # [B, L, H, D]
+
+
+# --------------------------------------------------------------------------------------------
+# Triton kernel
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _dot(a, b, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """``a @ b`` with fp32 accumulation.
+
+    ``UPCAST_DOT`` is set only under Triton's CPU interpreter for bf16, whose ``tl.dot`` misreads
+    bf16 operands (triton 3.9); bf16 x bf16 products are exact in fp32, so upcasting the (already
+    bf16-rounded) operands computes what a tensor-core mma computes.
+    """
+    if UPCAST_DOT:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _rotary_tile(x_ptr, row_offs, row_stride, d, partner, sign, d_ok, row_ok, cos_ptr, sin_ptr, D):
+    """Load rows ``row_offs`` of one head and return them rotated, fp32: x*cos + rotate_half(x)*sin."""
+    ok = row_ok[:, None] & d_ok[None, :]
+    x = tl.load(x_ptr + row_offs[:, None] * row_stride + d[None, :], mask=ok, other=0.0).to(tl.float32)
+    # rotate_half(x)[d] = -x[d + D/2] for d < D/2, x[d - D/2] otherwise: reload the partner columns.
+    xp = tl.load(x_ptr + row_offs[:, None] * row_stride + partner[None, :], mask=ok, other=0.0).to(tl.float32)
+    c = tl.load(cos_ptr + row_offs[:, None] * D + d[None, :], mask=ok, other=0.0)
+    s = tl.load(sin_ptr + row_offs[:, None] * D + d[None, :], mask=ok, other=0.0)
+    return x * c + (sign[None, :] * xp) * s
+
+
+@triton.jit
+def _rotary_attention_fwd(
+    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, mask_ptr, out_ptr,
+    stride_qb, stride_ql, stride_qh,
+    stride_kb, stride_kl, stride_kh,
+    stride_vb, stride_vl, stride_vh,
+    stride_mb,
+    stride_ob, stride_ol, stride_oh,
+    L, H, D, qk_scale,
+    HAS_MASK: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+):
+    """One program = one block of BLOCK_M queries of one (batch, head); keys stream in BLOCK_N tiles.
+
+    ``qk_scale`` = scale * log2(e): folded into the rotated queries so the softmax uses exp2.
+    """
+    # Flat 1-D grid, query tiles fastest: the programs reading one head's keys run together.
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(L, BLOCK_M)
+    pid_m = pid % num_m
+    pid_bh = pid // num_m
+    b = pid_bh // H
+    h = pid_bh % H
+    b64 = b.to(tl.int64)  # B*L*H*D can pass 2^31 for long batches
+
+    q_base = q_ptr + b64 * stride_qb + h * stride_qh
+    k_base = k_ptr + b64 * stride_kb + h * stride_kh
+    v_base = v_ptr + b64 * stride_vb + h * stride_vh
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    d = tl.arange(0, BLOCK_D)  # [BLOCK_D], padded past D for D = 24
+    half = D // 2
+    d_ok = d < D
+    partner = tl.where(d < half, d + half, d - half)
+    sign = tl.where(d < half, -1.0, 1.0)
+    m_ok = offs_m < L
+
+    q = _rotary_tile(q_base, offs_m, stride_ql, d, partner, sign, d_ok, m_ok, cos_ptr, sin_ptr, D)
+    q = (q * qk_scale).to(q_ptr.dtype.element_ty)  # [BLOCK_M, BLOCK_D]
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
+    for start_n in range(0, L, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+        n_ok = offs_n < L
+        kt = _rotary_tile(k_base, offs_n, stride_kl, d, partner, sign, d_ok, n_ok, cos_ptr, sin_ptr, D)
+        kt = kt.to(k_ptr.dtype.element_ty)  # [BLOCK_N, BLOCK_D]
+        s = _dot(q, tl.trans(kt), DOT_PRECISION, UPCAST_DOT)  # [BLOCK_M, BLOCK_N], log2 units
+        keep = n_ok
+        if HAS_MASK:
+            pad = tl.load(mask_ptr + b64 * stride_mb + offs_n, mask=n_ok, other=1)
+            keep = keep & (pad == 0)
+        s = tl.where(keep[None, :], s, float("-inf"))
+
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        # A query whose keys so far are all padding has m_new = -inf; subtract 0 instead (no NaN).
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])  # [BLOCK_M, BLOCK_N]
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        vt = tl.load(
+            v_base + offs_n[:, None] * stride_vl + d[None, :],
+            mask=n_ok[:, None] & d_ok[None, :],
+            other=0.0,
+        )  # [BLOCK_N, BLOCK_D]
+        acc = acc * alpha[:, None] + _dot(p.to(vt.dtype), vt, DOT_PRECISION, UPCAST_DOT)
+        m_i = m_new
+
+    out = acc / l_i[:, None]  # all-padding queries: 0/0 = NaN, as fair-esm's softmax gives
+    o_ptrs = out_ptr + b64 * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + d[None, :]
+    tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+
+
+def _cuda_tiles(D: int, dtype: torch.dtype) -> dict:
+    """Tile sizes, warps and stages of the CUDA launch for one head dim and dtype."""
+    block_d = max(16, triton.next_power_of_2(D))
+    if dtype == torch.float32:
+        # ieee fp32 dots hold 3x the registers of a bf16 mma: keep the key tile short.
+        return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=block_d, num_warps=4, num_stages=2)
+    if block_d >= 128:
+        return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=block_d, num_warps=8, num_stages=3)
+    return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=block_d, num_warps=4, num_stages=3)
+
+
+def _launch_config(D: int, dtype: torch.dtype) -> dict:
+    """The launch's tiles; the interpreter gets small ones so short test sequences loop over tiles."""
+    if interpreting():
+        block_d = max(16, triton.next_power_of_2(D))
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=4, num_stages=1)
+    return _cuda_tiles(D, dtype)
+
+
+def rotary_attention(q, k, v, cos, sin, key_padding_mask=None, scale=None, out=None):
+    """Fused rotary + softmax attention (ESM-2 self-attention core), Triton.
+
+    Args:
+        q, k, v: [B, L, H, D] fp16/bf16/fp32; any strides with unit stride on D (views of a fused
+            projection are fine). D in {16, 24, 32, 64, 128} (any even D <= 128 works).
+        cos, sin: [L, D] rotary tables, rotate-halves layout (fp32; converted if not).
+        key_padding_mask: [B, L] bool, True = padding key, or None.
+        scale: query scale, default D**-0.5.
+        out: optional [B, L, H, D] buffer of q's dtype (unit stride on D) to write into.
+    Returns:
+        [B, L, H, D] in q's dtype.
+    """
+    _check_inputs(q, k, v, cos, sin, key_padding_mask)
+    B, L, H, D = q.shape
+    if D > 128:
+        raise ValueError(f"rotary_attention kernel supports D <= 128; got {D}")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k, v must share one of fp16/bf16/fp32; got {q.dtype}, {k.dtype}, {v.dtype}")
+    scale = D**-0.5 if scale is None else float(scale)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    cos = cos.to(device=q.device, dtype=torch.float32).contiguous()
+    sin = sin.to(device=q.device, dtype=torch.float32).contiguous()
+    if out is None:
+        out = torch.empty((B, L, H, D), dtype=q.dtype, device=q.device)
+    elif out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
+        raise ValueError("out must be a [B, L, H, D] buffer of q's dtype with unit stride on D")
+    if key_padding_mask is not None:
+        mask = key_padding_mask.to(device=q.device, dtype=torch.bool)
+        mask = mask.contiguous().view(torch.uint8)  # [B, L]
+        stride_mb = mask.stride(0)
+    else:
+        mask, stride_mb = q, 0  # never read: HAS_MASK is False
+    if B * L * H == 0:
+        return out
+    cfg = _launch_config(D, q.dtype)
+    grid = (triton.cdiv(L, cfg["BLOCK_M"]) * B * H,)
+    _rotary_attention_fwd[grid](
+        q, k, v, cos, sin, mask, out,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        stride_mb,
+        out.stride(0), out.stride(1), out.stride(2),
+        L, H, D, scale * _LOG2E,
+        HAS_MASK=key_padding_mask is not None,
+        BLOCK_M=cfg["BLOCK_M"],
+        BLOCK_N=cfg["BLOCK_N"],
+        BLOCK_D=cfg["BLOCK_D"],
+        DOT_PRECISION=FP32_DOT_PRECISION if q.dtype == torch.float32 else "tf32",
+        UPCAST_DOT=interpreting() and q.dtype == torch.bfloat16,
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
+    )
+    return out
+
+
+_TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+def aot_configs() -> list[AOTConfig]:
+    """Every launch of :func:`rotary_attention` the ESM-2 models make (CUDA tile choices).
+
+    Head dims of all ESM-2 sizes x fp16 (ESMFold's LM) / bf16 / fp32 x with and without padding mask.
+    """
+    configs = []
+    for dtype, tname in _TRITON_DTYPE.items():
+        for D in _HEAD_DIMS:
+            tiles = _cuda_tiles(D, dtype)
+            for has_mask in (False, True):
+                signature = {
+                    "q_ptr": f"*{tname}", "k_ptr": f"*{tname}", "v_ptr": f"*{tname}",
+                    "cos_ptr": "*fp32", "sin_ptr": "*fp32",
+                    "mask_ptr": "*u8" if has_mask else f"*{tname}",
+                    "out_ptr": f"*{tname}",
+                }
+                for name in (
+                    "stride_qb", "stride_ql", "stride_qh", "stride_kb", "stride_kl", "stride_kh",
+                    "stride_vb", "stride_vl", "stride_vh", "stride_mb",
+                    "stride_ob", "stride_ol", "stride_oh", "L", "H", "D",
+                ):
+                    signature[name] = "i32"
+                signature["qk_scale"] = "fp32"
+                configs.append(
+                    AOTConfig(
+                        name=f"rotary_attention_fwd_{tname}_d{D}{'_mask' if has_mask else ''}",
+                        fn=_rotary_attention_fwd,
+                        signature=signature,
+                        constexprs=dict(
+                            HAS_MASK=has_mask,
+                            BLOCK_M=tiles["BLOCK_M"],
+                            BLOCK_N=tiles["BLOCK_N"],
+                            BLOCK_D=tiles["BLOCK_D"],
+                            DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
+                            UPCAST_DOT=False,
+                        ),
+                        num_warps=tiles["num_warps"],
+                        num_stages=tiles["num_stages"],
+                        uses_dot=True,
+                    )
+                )
+    return configs

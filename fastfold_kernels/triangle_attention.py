@@ -1,0 +1,337 @@
+"""Triangle self-attention core (AlphaFold2 Algorithms 13/14; ESMFold's pair-biased sequence attention).
+
+For every row ``i`` of the pair representation, queries and keys run along ``j`` and all rows share
+one ``[H, J, J]`` bias (the "triangle bias" projected from the pair state). OpenFold's semantics:
+
+    logits[b, i, h, q, k] = scale * <q[b,i,q,h], k[b,i,k,h]> + bias[b, h, q, k] + (mask[b, i, k] - 1) * 1e9
+    out[b, i, q, h]       = sum_k softmax_k(logits)[b, i, h, q, k] * v[b, i, k, h]
+
+The mask penalty is large but finite, so a fully masked row (padding) gives finite output, never NaN.
+
+* :func:`triangle_attention` - Triton flash-attention kernel: one program per (b, i, h, query tile),
+  keys stream in tiles, the bias tile is read straight from the shared ``[B, H, J, J]`` tensor, and
+  neither the bias nor the ``[B, I, H, J, J]`` logits are ever expanded (O(L^2) memory).
+* :func:`triangle_attention_reference` - naive einsum + softmax over everything at once (the oracle).
+* :func:`triangle_attention_torch` - ``F.scaled_dot_product_attention`` over chunks of rows, so only
+  ``[chunk, H, J, J]`` scores/masks exist at a time (the ``torch`` backend, what CPU users run).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from . import rotary_attention as _rotary
+from ._runtime import AOTConfig, interpreting
+from .rotary_attention import _dot
+
+__all__ = [
+    "triangle_attention",
+    "triangle_attention_reference",
+    "triangle_attention_torch",
+    "aot_configs",
+]
+
+_LOG2E = 1.4426950408889634
+_MASK_PENALTY = 1e9  # OpenFold's inf for masked keys: finite, so a fully masked row stays finite
+# Scores materialised per chunk by the torch path (fp32 [chunk, H, J, J] scores plus the mask).
+_TORCH_SCORE_BUDGET_BYTES = 128 * 2**20
+
+
+def _check_inputs(q, k, v, bias, mask) -> None:
+    if q.dim() != 5 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"q, k, v must share one [B, I, J, H, D] shape; got {q.shape}, {k.shape}, {v.shape}")
+    B, I, J, H, D = q.shape
+    if bias.shape != (B, H, J, J):
+        raise ValueError(f"bias must be [B, H, J, J] = [{B}, {H}, {J}, {J}]; got {tuple(bias.shape)}")
+    if mask is not None and mask.shape != (B, I, J):
+        raise ValueError(f"mask must be [B, I, J] = [{B}, {I}, {J}]; got {tuple(mask.shape)}")
+
+
+# --------------------------------------------------------------------------------------------
+# reference: the oracle
+# --------------------------------------------------------------------------------------------
+
+
+def triangle_attention_reference(q, k, v, bias, mask=None, scale=None, chunk_size=None):
+    """Naive triangle attention (AF2 Alg. 13/14 core): full [B, I, H, J, J] logits, one softmax.
+
+    q, k, v: [B, I, J, H, D]; bias: [B, H, J, J]; mask: [B, I, J] (1 = key attended) or None.
+    Matmuls run in the input dtype, bias/mask/softmax in (at least) fp32. ``chunk_size`` is
+    accepted for signature parity and ignored. Returns [B, I, J, H, D] in q's dtype.
+    """
+    _check_inputs(q, k, v, bias, mask)
+    D = q.shape[-1]
+    scale = D**-0.5 if scale is None else scale
+    cdt = torch.promote_types(q.dtype, torch.float32)
+    logits = torch.einsum("bijhd,bikhd->bihjk", q, k).to(cdt) * scale  # [B, I, H, J, J]
+    logits = logits + bias[:, None].to(cdt)
+    if mask is not None:
+        logits = logits + ((mask.to(cdt) - 1) * _MASK_PENALTY)[:, :, None, None, :]
+    probs = torch.softmax(logits, dim=-1).to(v.dtype)
+    return torch.einsum("bihjk,bikhd->bijhd", probs, v).to(q.dtype)  # [B, I, J, H, D]
+
+
+# --------------------------------------------------------------------------------------------
+# torch: the fast, memory-lean CPU path
+# --------------------------------------------------------------------------------------------
+
+
+def _auto_chunk(I: int, H: int, J: int) -> int:
+    """Rows per SDPA call so the fp32 [chunk, H, J, J] scores stay within the budget."""
+    per_row = H * J * J * 4
+    return max(1, min(I, _TORCH_SCORE_BUDGET_BYTES // max(per_row, 1)))
+
+
+def triangle_attention_torch(q, k, v, bias, mask=None, scale=None, chunk_size=None):
+    """SDPA with a float additive mask, chunked over rows ``i`` (same semantics as the kernel).
+
+    Per batch element and chunk of rows the q/k/v views are permuted to [chunk, H, J, D] without
+    copying; without a mask (or with an all-ones one) the shared bias is only broadcast, otherwise
+    it is summed with the rows' key penalties into one reused [chunk, H, J, J] buffer. ``chunk_size`` rows per call (None: automatic, about
+    128 MB of scores). Returns [B, I, J, H, D] (contiguous) in q's dtype.
+    """
+    _check_inputs(q, k, v, bias, mask)
+    B, I, J, H, D = q.shape
+    scale = D**-0.5 if scale is None else scale
+    chunk = _auto_chunk(I, H, J) if chunk_size is None else max(1, int(chunk_size))
+    out = torch.empty((B, I, J, H, D), dtype=q.dtype, device=q.device)
+    bias = bias.to(q.dtype)
+    if mask is not None and bool(mask.all()):
+        mask = None  # an all-ones mask adds nothing: skip materialising [chunk, H, J, J] masks (2x faster)
+    mask_buf = None
+    if mask is not None:
+        mask_buf = torch.empty((min(chunk, I), H, J, J), dtype=q.dtype, device=q.device)
+    # fp16 cannot hold 1e9: use a penalty that still drowns any logit but stays finite after adding bias.
+    penalty = min(_MASK_PENALTY, torch.finfo(q.dtype).max / 4)
+    for b in range(B):
+        qb, kb, vb = (t[b].permute(0, 2, 1, 3) for t in (q, k, v))  # [I, H, J, D] views
+        bias_b = bias[b].unsqueeze(0)  # [1, H, J, J]
+        for i0 in range(0, I, chunk):
+            i1 = min(I, i0 + chunk)
+            if mask is None:
+                attn_mask = bias_b.expand(i1 - i0, H, J, J)
+            else:
+                key_pen = (mask[b, i0:i1].to(q.dtype) - 1) * penalty  # [c, J]
+                attn_mask = torch.add(bias_b, key_pen[:, None, None, :], out=mask_buf[: i1 - i0])  # [c, H, J, J]
+            o = F.scaled_dot_product_attention(
+                qb[i0:i1], kb[i0:i1], vb[i0:i1], attn_mask=attn_mask, scale=scale
+            )  # [c, H, J, D]
+            out[b, i0:i1].copy_(o.transpose(1, 2))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Triton kernel
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _triangle_attention_fwd(
+    q_ptr, k_ptr, v_ptr, bias_ptr, mask_ptr, out_ptr,
+    stride_qb, stride_qi, stride_qj, stride_qh,
+    stride_kb, stride_ki, stride_kj, stride_kh,
+    stride_vb, stride_vi, stride_vj, stride_vh,
+    stride_bb, stride_bh, stride_bq, stride_bk,
+    stride_mb, stride_mi,
+    stride_ob, stride_oi, stride_oj, stride_oh,
+    I, J, H, D, qk_scale,
+    HAS_MASK: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+):
+    """One program = BLOCK_M queries of one (b, i, h); keys of row i stream in BLOCK_N tiles.
+
+    The flat 1-D grid puts query tiles fastest, so the programs sharing a row's keys/values run
+    together (L2 reuse). Logits are kept in log2 units (``qk_scale`` = scale * log2 e) for exp2.
+    """
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(J, BLOCK_M)
+    pid_m = pid % num_m
+    pid_bih = pid // num_m
+    h = pid_bih % H
+    bi = pid_bih // H
+    i = (bi % I).to(tl.int64)  # int64: B*I*J*H*D passes 2^31 at J ~ 1500 with c = 128
+    b = (bi // I).to(tl.int64)
+
+    q_base = q_ptr + b * stride_qb + i * stride_qi + h * stride_qh
+    k_base = k_ptr + b * stride_kb + i * stride_ki + h * stride_kh
+    v_base = v_ptr + b * stride_vb + i * stride_vi + h * stride_vh
+    bias_base = bias_ptr + b * stride_bb + h * stride_bh
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    d = tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    m_ok = offs_m < J
+    d_ok = d < D
+
+    q = tl.load(
+        q_base + offs_m[:, None] * stride_qj + d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0
+    )
+    q = (q.to(tl.float32) * qk_scale).to(q_ptr.dtype.element_ty)  # [BLOCK_M, BLOCK_D]
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
+    for start_n in range(0, J, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+        n_ok = offs_n < J
+        kv_ok = n_ok[:, None] & d_ok[None, :]
+        kt = tl.load(k_base + offs_n[:, None] * stride_kj + d[None, :], mask=kv_ok, other=0.0)  # [BLOCK_N, BLOCK_D]
+        s = _dot(q, tl.trans(kt), DOT_PRECISION, UPCAST_DOT)  # [BLOCK_M, BLOCK_N]
+        bias = tl.load(
+            bias_base + offs_m[:, None] * stride_bq + offs_n[None, :] * stride_bk,
+            mask=m_ok[:, None] & n_ok[None, :],
+            other=0.0,
+        ).to(tl.float32)  # [BLOCK_M, BLOCK_N], the same tile for every row i
+        s += bias * 1.4426950408889634
+        if HAS_MASK:
+            key_mask = tl.load(mask_ptr + b * stride_mb + i * stride_mi + offs_n, mask=n_ok, other=1.0)
+            s += ((key_mask - 1.0) * (1e9 * 1.4426950408889634))[None, :]
+        s = tl.where(n_ok[None, :], s, float("-inf"))  # keys past J: exactly zero weight
+
+        # The first key tile always holds key 0 with a finite logit, so m_new is finite from the start.
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])  # [BLOCK_M, BLOCK_N]
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        vt = tl.load(v_base + offs_n[:, None] * stride_vj + d[None, :], mask=kv_ok, other=0.0)  # [BLOCK_N, BLOCK_D]
+        acc = acc * alpha[:, None] + _dot(p.to(vt.dtype), vt, DOT_PRECISION, UPCAST_DOT)
+        m_i = m_new
+
+    out = acc / l_i[:, None]
+    o_ptrs = out_ptr + b * stride_ob + i * stride_oi + h * stride_oh + offs_m[:, None] * stride_oj + d[None, :]
+    tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+
+
+def _cuda_tiles(D: int, dtype: torch.dtype) -> dict:
+    """Tile sizes, warps and stages of the CUDA launch (tuned for ESMFold's H=4, D=32)."""
+    block_d = max(16, triton.next_power_of_2(D))
+    if dtype == torch.float32:
+        # ieee fp32 dots (3 passes of tf32 mma) need many registers: modest tiles.
+        return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=block_d, num_warps=4, num_stages=2)
+    if block_d >= 64:
+        return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=block_d, num_warps=8, num_stages=3)
+    return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=block_d, num_warps=4, num_stages=3)
+
+
+def _launch_config(D: int, dtype: torch.dtype) -> dict:
+    """The launch's tiles; the interpreter gets small ones so short test rows loop over tiles."""
+    if interpreting():
+        block_d = max(16, triton.next_power_of_2(D))
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=4, num_stages=1)
+    return _cuda_tiles(D, dtype)
+
+
+def triangle_attention(q, k, v, bias, mask=None, scale=None, chunk_size=None, out=None):
+    """Fused triangle attention (AF2 Alg. 13/14 core, OpenFold semantics), Triton.
+
+    Args:
+        q, k, v: [B, I, J, H, D] fp16/bf16/fp32, attention over J within each row i; any strides
+            with unit stride on D (views of a projection output are fine). D <= 128.
+        bias: [B, H, J, J], bias[b, h, q, k] added to every row's logits (any strides).
+        mask: [B, I, J] bool or 0/1 float (1 = key may be attended), or None.
+        scale: query scale, default D**-0.5.
+        chunk_size: accepted for signature parity; the kernel needs no chunking (O(L^2) memory).
+        out: optional [B, I, J, H, D] buffer of q's dtype (unit stride on D) to write into.
+    Returns:
+        [B, I, J, H, D] in q's dtype. fp32 inputs use full-precision dots unless
+        ``fastfold_kernels.rotary_attention.FP32_DOT_PRECISION`` is set to "tf32".
+    """
+    _check_inputs(q, k, v, bias, mask)
+    B, I, J, H, D = q.shape
+    if D > 128:
+        raise ValueError(f"triangle_attention kernel supports D <= 128; got {D}")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k, v must share one of fp16/bf16/fp32; got {q.dtype}, {k.dtype}, {v.dtype}")
+    scale = D**-0.5 if scale is None else float(scale)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    if out is None:
+        out = torch.empty((B, I, J, H, D), dtype=q.dtype, device=q.device)
+    elif out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
+        raise ValueError("out must be a [B, I, J, H, D] buffer of q's dtype with unit stride on D")
+    if mask is not None:
+        # [B, I, J] is L^2 scalars (1/(H*D) of q): one fp32 copy keeps a single kernel signature.
+        mask_t = mask.to(device=q.device, dtype=torch.float32).contiguous()
+        stride_mb, stride_mi = mask_t.stride(0), mask_t.stride(1)
+    else:
+        mask_t, stride_mb, stride_mi = q, 0, 0  # never read: HAS_MASK is False
+    if B * I * J * H == 0:
+        return out
+    cfg = _launch_config(D, q.dtype)
+    grid = (triton.cdiv(J, cfg["BLOCK_M"]) * B * I * H,)
+    _triangle_attention_fwd[grid](
+        q, k, v, bias, mask_t, out,
+        q.stride(0), q.stride(1), q.stride(2), q.stride(3),
+        k.stride(0), k.stride(1), k.stride(2), k.stride(3),
+        v.stride(0), v.stride(1), v.stride(2), v.stride(3),
+        bias.stride(0), bias.stride(1), bias.stride(2), bias.stride(3),
+        stride_mb, stride_mi,
+        out.stride(0), out.stride(1), out.stride(2), out.stride(3),
+        I, J, H, D, scale * _LOG2E,
+        HAS_MASK=mask is not None,
+        BLOCK_M=cfg["BLOCK_M"],
+        BLOCK_N=cfg["BLOCK_N"],
+        BLOCK_D=cfg["BLOCK_D"],
+        DOT_PRECISION=_rotary.FP32_DOT_PRECISION if q.dtype == torch.float32 else "tf32",
+        UPCAST_DOT=interpreting() and q.dtype == torch.bfloat16,
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
+    )
+    return out
+
+
+_TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+_STRIDE_ARGS = (
+    "stride_qb", "stride_qi", "stride_qj", "stride_qh",
+    "stride_kb", "stride_ki", "stride_kj", "stride_kh",
+    "stride_vb", "stride_vi", "stride_vj", "stride_vh",
+    "stride_bb", "stride_bh", "stride_bq", "stride_bk",
+    "stride_mb", "stride_mi",
+    "stride_ob", "stride_oi", "stride_oj", "stride_oh",
+)
+
+
+def aot_configs() -> list[AOTConfig]:
+    """Every launch of :func:`triangle_attention` ESMFold makes on CUDA.
+
+    D = 32 covers both the trunk's triangle attention (H = 4) and the pair-biased sequence
+    attention (H = 32; H is a runtime argument). fp32 (the reference trunk precision), bf16 and
+    fp16, with and without a mask.
+    """
+    configs = []
+    for dtype, tname in _TRITON_DTYPE.items():
+        tiles = _cuda_tiles(32, dtype)
+        for has_mask in (False, True):
+            signature = {
+                "q_ptr": f"*{tname}", "k_ptr": f"*{tname}", "v_ptr": f"*{tname}",
+                "bias_ptr": f"*{tname}",
+                "mask_ptr": "*fp32" if has_mask else f"*{tname}",
+                "out_ptr": f"*{tname}",
+            }
+            signature.update({name: "i32" for name in _STRIDE_ARGS})
+            signature.update({"I": "i32", "J": "i32", "H": "i32", "D": "i32", "qk_scale": "fp32"})
+            configs.append(
+                AOTConfig(
+                    name=f"triangle_attention_fwd_{tname}_d32{'_mask' if has_mask else ''}",
+                    fn=_triangle_attention_fwd,
+                    signature=signature,
+                    constexprs=dict(
+                        HAS_MASK=has_mask,
+                        BLOCK_M=tiles["BLOCK_M"],
+                        BLOCK_N=tiles["BLOCK_N"],
+                        BLOCK_D=tiles["BLOCK_D"],
+                        DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
+                        UPCAST_DOT=False,
+                    ),
+                    num_warps=tiles["num_warps"],
+                    num_stages=tiles["num_stages"],
+                    uses_dot=True,
+                )
+            )
+    return configs

@@ -1,0 +1,572 @@
+"""Triangle multiplicative update, AlphaFold2 Algorithms 11 (outgoing edges) and 12 (incoming edges).
+
+ESMFold/OpenFold flavour (transformers' ``EsmFoldTriangleMultiplicativeUpdate``); returns the UPDATE,
+the caller adds it to z::
+
+    zn = LN_in(z)                                                     # [B, L, L, c_z]
+    a  = mask * sigmoid(zn @ a_g^T + a_g_b) * (zn @ a_p^T + a_p_b)    # [B, L, L, c_h]; b likewise
+    outgoing: x[b,i,j,c] = sum_k a[b,i,k,c] * b[b,j,k,c]
+    incoming: x[b,i,j,c] = sum_k a[b,k,i,c] * b[b,k,j,c]
+    out = (LN_out(x) @ z_w^T + z_b) * sigmoid(zn @ g_w^T + g_b)       # [B, L, L, c_z]
+
+LN_out statistics are taken in fp32: for fp16 inputs x overflows fp16 (transformers #47470), so x is
+never stored in fp16.
+
+Implementations sharing one signature ``(z, mask, w, outgoing=True, eps=1e-5, chunk_size=None)``:
+:func:`triangle_multiplicative_update` (Triton), :func:`triangle_multiplicative_update_reference`
+(naive PyTorch, the oracle) and :func:`triangle_multiplicative_update_torch` (channel-chunked,
+memory-lean PyTorch for the CPU default backend).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ._runtime import AOTConfig, interpreting
+from .layer_norm import cast_rne, layer_norm_reference
+
+
+class TriMulWeights(NamedTuple):
+    """Parameters of one triangle multiplicative update, nn.Linear layout ``[out, in]``.
+
+    c_hidden = ``a_p_weight.shape[0]``; c_z = ``z_weight.shape[0]``.
+    """
+
+    ln_in_weight: torch.Tensor  # [c_z]
+    ln_in_bias: torch.Tensor  # [c_z]
+    a_p_weight: torch.Tensor  # [c_h, c_z]
+    a_p_bias: torch.Tensor  # [c_h]
+    a_g_weight: torch.Tensor  # [c_h, c_z]
+    a_g_bias: torch.Tensor  # [c_h]
+    b_p_weight: torch.Tensor  # [c_h, c_z]
+    b_p_bias: torch.Tensor  # [c_h]
+    b_g_weight: torch.Tensor  # [c_h, c_z]
+    b_g_bias: torch.Tensor  # [c_h]
+    ln_out_weight: torch.Tensor  # [c_h]
+    ln_out_bias: torch.Tensor  # [c_h]
+    z_weight: torch.Tensor  # [c_z, c_h]
+    z_bias: torch.Tensor  # [c_z]
+    g_weight: torch.Tensor  # [c_z, c_z]
+    g_bias: torch.Tensor  # [c_z]
+
+
+def _check_inputs(z: torch.Tensor, mask: torch.Tensor | None, w: TriMulWeights) -> tuple[int, int, int, int]:
+    if z.dim() != 4 or z.shape[1] != z.shape[2]:
+        raise ValueError(f"z must be [B, L, L, c_z], got {tuple(z.shape)}")
+    B, L, _, c_z = z.shape
+    c_h = w.a_p_weight.shape[0]
+    if w.a_p_weight.shape != (c_h, c_z) or w.z_weight.shape != (c_z, c_h) or w.g_weight.shape != (c_z, c_z):
+        raise ValueError(
+            f"weights do not fit c_z={c_z}: a_p {tuple(w.a_p_weight.shape)}, z {tuple(w.z_weight.shape)}, "
+            f"g {tuple(w.g_weight.shape)}"
+        )
+    if mask is not None and mask.shape != (B, L, L):
+        raise ValueError(f"mask must be [B, L, L] = {(B, L, L)}, got {tuple(mask.shape)}")
+    return B, L, c_z, c_h
+
+
+def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def triangle_multiplicative_update_reference(
+    z: torch.Tensor,
+    mask: torch.Tensor | None,
+    w: TriMulWeights,
+    outgoing: bool = True,
+    eps: float = 1e-5,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Algorithms 11/12, naive and all at once: the oracle. ``chunk_size`` is ignored.
+
+    Projections and gates run in z's dtype; the triangle product and LN_out statistics in fp32
+    (fp64 for fp64 input), as transformers does for half inputs.
+    """
+    _check_inputs(z, mask, w)
+    dt = z.dtype
+    wt = TriMulWeights(*(t.to(dt) for t in w))
+    zn = layer_norm_reference(z, wt.ln_in_weight, wt.ln_in_bias, eps)  # [B, L, L, c_z]
+    m = torch.ones_like(z[..., :1]) if mask is None else mask.to(dt)[..., None]  # [B, L, L, 1]
+    a = m * torch.sigmoid(F.linear(zn, wt.a_g_weight, wt.a_g_bias)) * F.linear(zn, wt.a_p_weight, wt.a_p_bias)
+    b = m * torch.sigmoid(F.linear(zn, wt.b_g_weight, wt.b_g_bias)) * F.linear(zn, wt.b_p_weight, wt.b_p_bias)
+    acc = _accumulate_dtype(dt)
+    a, b = a.to(acc), b.to(acc)  # [B, L, L, c_h]
+    if outgoing:
+        x = torch.einsum("bikc,bjkc->bijc", a, b)  # [B, L, L, c_h]
+    else:
+        x = torch.einsum("bkic,bkjc->bijc", a, b)
+    xn = layer_norm_reference(x, w.ln_out_weight, w.ln_out_bias, eps).to(dt)
+    gate = torch.sigmoid(F.linear(zn, wt.g_weight, wt.g_bias))  # [B, L, L, c_z]
+    return F.linear(xn, wt.z_weight, wt.z_bias) * gate
+
+
+# CPU working-set sizes for the torch path: rows of the pair tensor handled at once (a few MB, so the
+# LayerNorm output and projections stay cache-warm) and the budget for the a/b channel chunks.
+_TORCH_ROW_BLOCK_ELEMS = 1 << 20
+_TORCH_AB_CHUNK_FRACTION = 4  # a and b chunks together hold at most 2/4 of a pair tensor
+
+
+def _default_channel_chunk(c_h: int, L: int) -> int:
+    """Channel chunk for the torch path: all channels for short chains, else a quarter."""
+    if L <= 256:
+        return c_h
+    return max(1, c_h // _TORCH_AB_CHUNK_FRACTION)
+
+
+def _row_block(L: int, c: int) -> int:
+    return max(1, min(L, _TORCH_ROW_BLOCK_ELEMS // max(1, L * c)))
+
+
+def triangle_multiplicative_update_torch(
+    z: torch.Tensor,
+    mask: torch.Tensor | None,
+    w: TriMulWeights,
+    outgoing: bool = True,
+    eps: float = 1e-5,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Algorithms 11/12 in memory-lean PyTorch. ``chunk_size``: hidden channels per pass (None: auto).
+
+    The hidden channels are processed in chunks: for each chunk, a and b are built channel-major
+    ([B, n, L, L], so the L x L x L product is one batched GEMM with no permute copies of its operands)
+    from LN_in(z) recomputed row block by row block, and the chunk of x lands in its channels of the
+    x buffer. The x buffer is the output tensor itself whenever it can hold x (c_h == c_z and z not
+    fp16), and the last pass overwrites it row block by row block with the gated output projection,
+    recomputing LN_in(z) for the g gate, so neither LN_in(z) nor g is ever stored whole. Extra memory:
+    the output plus the a/b chunks plus one row block.
+    """
+    B, L, c_z, c_h = _check_inputs(z, mask, w)
+    dt = z.dtype
+    wt = TriMulWeights(*(t.to(dt) for t in w))
+    ln_w, ln_b = wt.ln_in_weight, wt.ln_in_bias
+    out = torch.empty((B, L, L, c_z), dtype=dt, device=z.device)
+    # x in fp16 overflows before LN_out; bf16/fp32 have the range.
+    x_dtype = torch.float32 if dt == torch.float16 else dt
+    share = c_h == c_z and x_dtype == dt
+    x = out if share else torch.empty((B, L, L, c_h), dtype=x_dtype, device=z.device)  # [B, L, L, c_h]
+    maskf = mask.to(dt) if mask is not None else None  # [B, L, L]
+
+    n_chunk = chunk_size if chunk_size else _default_channel_chunk(c_h, L)
+    rows = _row_block(L, c_z)
+    for c0 in range(0, c_h, n_chunk):
+        c1 = min(c_h, c0 + n_chunk)
+        n = c1 - c0
+        # One GEMM for the four projections of this chunk: rows [a_p; a_g; b_p; b_g].
+        w4 = torch.cat([wt.a_p_weight[c0:c1], wt.a_g_weight[c0:c1], wt.b_p_weight[c0:c1], wt.b_g_weight[c0:c1]])
+        b4 = torch.cat([wt.a_p_bias[c0:c1], wt.a_g_bias[c0:c1], wt.b_p_bias[c0:c1], wt.b_g_bias[c0:c1]])
+        a = torch.empty((B, n, L, L), dtype=dt, device=z.device)  # channel-major
+        b = torch.empty((B, n, L, L), dtype=dt, device=z.device)
+        for r0 in range(0, L, rows):
+            r1 = min(L, r0 + rows)
+            zn = F.layer_norm(z[:, r0:r1], (c_z,), ln_w, ln_b, eps)  # [B, R, L, c_z]
+            p = torch.addmm(b4, zn.reshape(-1, c_z), w4.t()).view(B, r1 - r0, L, 4, n)  # [B, R, L, 4, n]
+            ga = p[..., 1, :].sigmoid_().mul_(p[..., 0, :])  # [B, R, L, n], view into p
+            gb = p[..., 3, :].sigmoid_().mul_(p[..., 2, :])
+            if maskf is not None:
+                mr = maskf[:, r0:r1, :, None]  # [B, R, L, 1]
+                ga.mul_(mr)
+                gb.mul_(mr)
+            a[:, :, r0:r1].copy_(ga.permute(0, 3, 1, 2))
+            b[:, :, r0:r1].copy_(gb.permute(0, 3, 1, 2))
+            del zn, p, ga, gb
+        if x_dtype != dt:
+            a, b = a.to(x_dtype), b.to(x_dtype)
+        if outgoing:
+            xc = torch.matmul(a, b.transpose(-1, -2))  # [B, n, L, L]: sum_k a[i,k] b[j,k]
+        else:
+            xc = torch.matmul(a.transpose(-1, -2), b)  # [B, n, L, L]: sum_k a[k,i] b[k,j]
+        del a, b
+        x[..., c0:c1].copy_(xc.permute(0, 2, 3, 1))
+        del xc
+
+    rows = _row_block(L, max(c_z, c_h))
+    for r0 in range(0, L, rows):
+        r1 = min(L, r0 + rows)
+        xr = x[:, r0:r1]  # [B, R, L, c_h]
+        xn = F.layer_norm(xr, (c_h,), w.ln_out_weight.to(x_dtype), w.ln_out_bias.to(x_dtype), eps).to(dt)
+        upd = F.linear(xn, wt.z_weight, wt.z_bias)  # [B, R, L, c_z]
+        del xn
+        zn = F.layer_norm(z[:, r0:r1], (c_z,), ln_w, ln_b, eps)
+        gate = F.linear(zn, wt.g_weight, wt.g_bias).sigmoid_()  # [B, R, L, c_z]
+        del zn
+        torch.mul(upd, gate, out=out[:, r0:r1])
+        del upd, gate
+    return out
+
+
+
+# ---------------------------------------------------------------------------------------------------
+# Triton path: three kernels.
+#   1. project: LN_in(z) -> four projections -> sigmoid gating -> mask; a and b stored channel-major
+#      [B, n, L, L] in z's dtype for a chunk of n hidden channels (all by default).
+#   2. product: per channel, the L x L x L triangle product with tl.dot (fp32 accumulate), written
+#      straight into the x buffer in [B, L, L, c_h] layout; the x buffer is the output tensor itself
+#      unless z is fp16 (x would overflow fp16) or c_h != c_z.
+#   3. output: row tile by row tile, LN_out(x) @ z_w^T + z_b times the g gate recomputed from z, so
+#      neither LN_in(z) nor g is ever stored; works in place on the output tensor.
+# Extra memory: a and b (twice the pair tensor at c_h == c_z; chunk_size trades it for recomputing
+# LN_in), plus an fp32 x buffer for fp16 inputs.
+# ---------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _ln_rows(t, w_ptr, b_ptr, offs, ok, n, eps):
+    """LayerNorm of the rows of an fp32 tile [R, BLOCK] whose columns ``ok`` are real; padding -> 0."""
+    mean = tl.sum(t, axis=1) / n  # [R]
+    diff = tl.where(ok[None, :], t - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=1) / n + eps)  # [R]
+    w = tl.load(w_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    return diff * rstd[:, None] * w[None, :] + b[None, :]  # padded columns: w = b = 0
+
+
+@triton.jit
+def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr):
+    """tl.dot with fp32 accumulation; DOT_UPCAST multiplies in fp32 (same products, exact in fp32).
+
+    Triton's CPU interpreter mis-reads bf16 tl.dot operands as integers, so bf16 runs there upcast.
+    """
+    if DOT_UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _linear_t(x, w_ptr, b_ptr, offs_in, in_ok, offs_out, out_ok, n_in, DOT_PRECISION: tl.constexpr,
+              DOT_UPCAST: tl.constexpr):
+    """x [R, BLOCK_IN] @ W[offs_out, offs_in]^T + b[offs_out] for nn.Linear W [out, in] (fp32 result)."""
+    w = tl.load(
+        w_ptr + offs_out[None, :] * n_in + offs_in[:, None], mask=in_ok[:, None] & out_ok[None, :], other=0.0
+    )  # [BLOCK_IN, BLOCK_OUT]
+    b = tl.load(b_ptr + offs_out, mask=out_ok, other=0.0).to(tl.float32)
+    return _dot(x, w, None, DOT_PRECISION, DOT_UPCAST) + b[None, :]
+
+
+@triton.jit
+def _trimul_project_kernel(
+    Z,  # *dtype [B, L*L, C_Z] contiguous
+    Mask,  # *fp32 [B, L*L] (unused unless HAS_MASK)
+    LnW, LnB,  # LN_in [C_Z]
+    Wap, Bap, Wag, Bag, Wbp, Bbp, Wbg, Bbg,  # [C_H, C_Z], [C_H]
+    A, Bout,  # *dtype [B, n_chunk, L*L] channel-major chunk buffers
+    LL,  # L * L
+    h_start,  # first hidden channel of this chunk
+    n_h,  # channels in this chunk
+    stride_ab,  # n_chunk * L * L
+    eps,
+    C_Z: tl.constexpr,
+    C_H: tl.constexpr,
+    BLOCK_CZ: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    DOT_UPCAST: tl.constexpr,
+):
+    """Kernel 1: a, b of Algorithms 11/12 lines 2-3 for BLOCK_P pair positions and channels [h_start, +n_h)."""
+    pid_p = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_p = pid_p.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)  # [BLOCK_P] positions i * L + j
+    p_ok = offs_p < LL
+    offs_c = tl.arange(0, BLOCK_CZ)
+    c_ok = offs_c < C_Z
+
+    z = tl.load(
+        Z + pid_b * LL * C_Z + offs_p[:, None] * C_Z + offs_c[None, :], mask=p_ok[:, None] & c_ok[None, :], other=0.0
+    ).to(tl.float32)  # [BLOCK_P, BLOCK_CZ]
+    zn = cast_rne(_ln_rows(z, LnW, LnB, offs_c, c_ok, C_Z, eps), A.dtype.element_ty)  # dot operands in z's dtype
+    if HAS_MASK:
+        m = tl.load(Mask + pid_b * LL + offs_p, mask=p_ok, other=0.0)  # [BLOCK_P]
+    else:
+        m = tl.full([BLOCK_P], 1.0, tl.float32)
+
+    out_base = pid_b * stride_ab
+    for h0 in range(0, n_h, BLOCK_H):
+        offs_hl = h0 + tl.arange(0, BLOCK_H)  # [BLOCK_H] channel within the chunk
+        h_ok = offs_hl < n_h
+        offs_h = h_start + offs_hl  # channel within c_h
+        a_p = _linear_t(zn, Wap, Bap, offs_c, c_ok, offs_h, h_ok, C_Z, DOT_PRECISION, DOT_UPCAST)  # [BLOCK_P, BLOCK_H]
+        a_g = _linear_t(zn, Wag, Bag, offs_c, c_ok, offs_h, h_ok, C_Z, DOT_PRECISION, DOT_UPCAST)
+        a = tl.sigmoid(a_g) * a_p * m[:, None]
+        ptrs = out_base + offs_hl[None, :].to(tl.int64) * LL + offs_p[:, None]  # [BLOCK_P, BLOCK_H]
+        st_ok = p_ok[:, None] & h_ok[None, :]
+        tl.store(A + ptrs, cast_rne(a, A.dtype.element_ty), mask=st_ok)
+        b_p = _linear_t(zn, Wbp, Bbp, offs_c, c_ok, offs_h, h_ok, C_Z, DOT_PRECISION, DOT_UPCAST)
+        b_g = _linear_t(zn, Wbg, Bbg, offs_c, c_ok, offs_h, h_ok, C_Z, DOT_PRECISION, DOT_UPCAST)
+        b = tl.sigmoid(b_g) * b_p * m[:, None]
+        tl.store(Bout + ptrs, cast_rne(b, Bout.dtype.element_ty), mask=st_ok)
+
+
+@triton.jit
+def _trimul_product_kernel(
+    A, Bm,  # *dtype [B, n_chunk, L, L] channel-major
+    X,  # *xdtype [B, L, L, C_X]
+    L,
+    stride_ab,  # n_chunk * L * L
+    stride_am, stride_ak,  # A[c] read as an [L(i), L(k)] matrix
+    stride_bk, stride_bn,  # B[c] read as an [L(k), L(j)] matrix
+    h_start,  # x channel of chunk channel 0
+    C_X: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    DOT_UPCAST: tl.constexpr,
+):
+    """Kernel 2: x[b, i, j, c] = sum_k A_c[i, k] B_c[k, j] for one channel and one [BLOCK_M, BLOCK_N] tile.
+
+    The channel is the fastest grid axis, so programs running together write neighbouring channels of
+    the same x tile and their strided stores merge in L2.
+    """
+    c = tl.program_id(0)
+    tile = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    n_tn = tl.cdiv(L, BLOCK_N)
+    tm = tile // n_tn
+    tn = tile % n_tn
+    offs_m = tm * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M] rows i
+    offs_n = tn * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] columns j
+    offs_k = tl.arange(0, BLOCK_K)
+    m_ok = offs_m < L
+    n_ok = offs_n < L
+    base = pid_b * stride_ab + c.to(tl.int64) * L * L
+    a_ptrs = A + base + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak  # [BLOCK_M, BLOCK_K]
+    b_ptrs = Bm + base + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn  # [BLOCK_K, BLOCK_N]
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, L, BLOCK_K):
+        k_ok = (k0 + offs_k) < L
+        a = tl.load(a_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = _dot(a, b, acc, DOT_PRECISION, DOT_UPCAST)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    pos = offs_m[:, None].to(tl.int64) * L + offs_n[None, :]  # [BLOCK_M, BLOCK_N]
+    x_ptrs = X + (pid_b * L * L + pos) * C_X + h_start + c
+    tl.store(x_ptrs, cast_rne(acc, X.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _trimul_output_kernel(
+    X,  # *xdtype [B, L*L, C_H]
+    Z,  # *dtype [B, L*L, C_Z]
+    LnInW, LnInB, LnOutW, LnOutB,
+    Wz, Bz,  # [C_Z, C_H], [C_Z]
+    Wg, Bg,  # [C_Z, C_Z], [C_Z]
+    Out,  # *dtype [B, L*L, C_Z]; may be X itself
+    LL,
+    eps,
+    C_Z: tl.constexpr,
+    C_H: tl.constexpr,
+    BLOCK_CZ: tl.constexpr,
+    BLOCK_CH: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    DOT_UPCAST: tl.constexpr,
+):
+    """Kernel 3: out = (LN_out(x) @ z_w^T + z_b) * sigmoid(LN_in(z) @ g_w^T + g_b) for BLOCK_P positions.
+
+    Every load of the tile precedes its store, so Out may alias X (in place, row tile by row tile).
+    """
+    pid_p = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_p = pid_p.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)  # [BLOCK_P]
+    p_ok = offs_p < LL
+    offs_h = tl.arange(0, BLOCK_CH)
+    h_ok = offs_h < C_H
+    offs_c = tl.arange(0, BLOCK_CZ)
+    c_ok = offs_c < C_Z
+
+    x = tl.load(
+        X + pid_b * LL * C_H + offs_p[:, None] * C_H + offs_h[None, :], mask=p_ok[:, None] & h_ok[None, :], other=0.0
+    ).to(tl.float32)  # [BLOCK_P, BLOCK_CH]
+    z = tl.load(
+        Z + pid_b * LL * C_Z + offs_p[:, None] * C_Z + offs_c[None, :], mask=p_ok[:, None] & c_ok[None, :], other=0.0
+    ).to(tl.float32)  # [BLOCK_P, BLOCK_CZ]
+    xn = cast_rne(_ln_rows(x, LnOutW, LnOutB, offs_h, h_ok, C_H, eps), Out.dtype.element_ty)  # fp32 statistics
+    upd = _linear_t(xn, Wz, Bz, offs_h, h_ok, offs_c, c_ok, C_H, DOT_PRECISION, DOT_UPCAST)  # [BLOCK_P, BLOCK_CZ]
+    zn = cast_rne(_ln_rows(z, LnInW, LnInB, offs_c, c_ok, C_Z, eps), Out.dtype.element_ty)
+    gate = tl.sigmoid(_linear_t(zn, Wg, Bg, offs_c, c_ok, offs_c, c_ok, C_Z, DOT_PRECISION, DOT_UPCAST))
+    out_ptrs = Out + pid_b * LL * C_Z + offs_p[:, None] * C_Z + offs_c[None, :]
+    tl.store(out_ptrs, cast_rne(upd * gate, Out.dtype.element_ty), mask=p_ok[:, None] & c_ok[None, :])
+
+
+_TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+class _Blocks(NamedTuple):
+    """Tile sizes and launch options of the three kernels for one dtype."""
+
+    proj_p: int
+    proj_h: int
+    proj_warps: int
+    prod_m: int
+    prod_n: int
+    prod_k: int
+    prod_warps: int
+    prod_stages: int
+    out_p: int
+    out_warps: int
+
+
+def _blocks(dtype: torch.dtype) -> _Blocks:
+    # fp32 operands go through 3xTF32 (3 MMAs per product) and take twice the shared memory per
+    # element, so their tiles are halved.
+    if dtype == torch.float32:
+        return _Blocks(64, 32, 4, 64, 64, 32, 4, 3, 32, 4)
+    return _Blocks(64, 32, 4, 128, 128, 32, 8, 3, 64, 4)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 is exact-ish through 3xTF32 on tensor cores; plain TF32 would cost ~1e-3 relative error.
+    return "tf32x3" if dtype == torch.float32 else "tf32"
+
+
+def triangle_multiplicative_update(
+    z: torch.Tensor,
+    mask: torch.Tensor | None,
+    w: TriMulWeights,
+    outgoing: bool = True,
+    eps: float = 1e-5,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Triton Algorithms 11/12: z [B, L, L, c_z], mask [B, L, L] or None -> update [B, L, L, c_z].
+
+    fp16, bf16 and fp32 inputs; projections and the triangle product accumulate in fp32.
+    ``chunk_size``: hidden channels whose a and b are held at once (None: all of them).
+    """
+    B, L, c_z, c_h = _check_inputs(z, mask, w)
+    dt = z.dtype
+    if dt not in _TRITON_DTYPES:
+        raise TypeError(f"triangle_multiplicative_update (triton) supports fp16/bf16/fp32, got {dt}")
+    z = z.contiguous()
+    wt = TriMulWeights(*(t.to(dt).contiguous() for t in w))
+    out = torch.empty((B, L, L, c_z), dtype=dt, device=z.device)
+    x_dtype = torch.float32 if dt == torch.float16 else dt  # x overflows fp16 before LN_out
+    x = out if (c_h == c_z and x_dtype == dt) else torch.empty((B, L, L, c_h), dtype=x_dtype, device=z.device)
+    if B == 0 or L == 0:
+        return out
+    maskf = mask.to(torch.float32).contiguous() if mask is not None else z
+    n_chunk = min(c_h, chunk_size) if chunk_size else c_h
+    a = torch.empty((B, n_chunk, L, L), dtype=dt, device=z.device)
+    b = torch.empty_like(a)
+    LL = L * L
+    blk = _blocks(dt)
+    prec = _dot_precision(dt)
+    upcast = dt == torch.bfloat16 and interpreting()
+    block_cz = max(16, triton.next_power_of_2(c_z))
+    block_ch = max(16, triton.next_power_of_2(c_h))
+    if outgoing:  # x_c = a_c @ b_c^T
+        a_strides, b_strides = (L, 1), (1, L)
+    else:  # x_c = a_c^T @ b_c
+        a_strides, b_strides = (1, L), (L, 1)
+    for h0 in range(0, c_h, n_chunk):
+        n = min(n_chunk, c_h - h0)
+        _trimul_project_kernel[(triton.cdiv(LL, blk.proj_p), B)](
+            z, maskf, wt.ln_in_weight, wt.ln_in_bias,
+            wt.a_p_weight, wt.a_p_bias, wt.a_g_weight, wt.a_g_bias,
+            wt.b_p_weight, wt.b_p_bias, wt.b_g_weight, wt.b_g_bias,
+            a, b, LL, h0, n, n_chunk * LL, eps,
+            C_Z=c_z, C_H=c_h, BLOCK_CZ=block_cz, BLOCK_P=blk.proj_p, BLOCK_H=blk.proj_h,
+            HAS_MASK=mask is not None, DOT_PRECISION=prec, DOT_UPCAST=upcast, num_warps=blk.proj_warps,
+        )  # fmt: skip
+        grid = (n, triton.cdiv(L, blk.prod_m) * triton.cdiv(L, blk.prod_n), B)
+        _trimul_product_kernel[grid](
+            a, b, x, L, n_chunk * LL, *a_strides, *b_strides, h0,
+            C_X=c_h, BLOCK_M=blk.prod_m, BLOCK_N=blk.prod_n, BLOCK_K=blk.prod_k, DOT_PRECISION=prec, DOT_UPCAST=upcast,
+            num_warps=blk.prod_warps, num_stages=blk.prod_stages,
+        )  # fmt: skip
+    del a, b
+    _trimul_output_kernel[(triton.cdiv(LL, blk.out_p), B)](
+        x, z, wt.ln_in_weight, wt.ln_in_bias, w.ln_out_weight.to(torch.float32).contiguous(),
+        w.ln_out_bias.to(torch.float32).contiguous(), wt.z_weight, wt.z_bias, wt.g_weight, wt.g_bias,
+        out, LL, eps,
+        C_Z=c_z, C_H=c_h, BLOCK_CZ=block_cz, BLOCK_CH=block_ch, BLOCK_P=blk.out_p, DOT_PRECISION=prec, DOT_UPCAST=upcast,
+        num_warps=blk.out_warps,
+    )  # fmt: skip
+    return out
+
+
+def aot_configs(c_z: int = 128, c_h: int = 128) -> list[AOTConfig]:
+    """Every triangle-multiplication kernel configuration ESMFold launches (c_z = c_hidden = 128).
+
+    Per dtype: the projection kernel with and without a mask, the product kernel (its strides decide
+    outgoing vs incoming, so one compile serves both) and the output kernel.
+    """
+    configs = []
+    block_cz = max(16, triton.next_power_of_2(c_z))
+    block_ch = max(16, triton.next_power_of_2(c_h))
+    for dt, tdt in _TRITON_DTYPES.items():
+        blk = _blocks(dt)
+        prec = _dot_precision(dt)
+        ptr = f"*{tdt}"
+        xptr = "*fp32" if dt == torch.float16 else ptr
+        for has_mask in (False, True):
+            configs.append(
+                AOTConfig(
+                    name=f"trimul_project_{tdt}{'_mask' if has_mask else ''}",
+                    fn=_trimul_project_kernel,
+                    signature={
+                        "Z": ptr, "Mask": "*fp32" if has_mask else ptr, "LnW": ptr, "LnB": ptr,
+                        "Wap": ptr, "Bap": ptr, "Wag": ptr, "Bag": ptr,
+                        "Wbp": ptr, "Bbp": ptr, "Wbg": ptr, "Bbg": ptr, "A": ptr, "Bout": ptr,
+                        "LL": "i32", "h_start": "i32", "n_h": "i32", "stride_ab": "i32", "eps": "fp32",
+                    },  # fmt: skip
+                    constexprs={
+                        "C_Z": c_z, "C_H": c_h, "BLOCK_CZ": block_cz, "BLOCK_P": blk.proj_p,
+                        "BLOCK_H": blk.proj_h, "HAS_MASK": has_mask, "DOT_PRECISION": prec, "DOT_UPCAST": False,
+                    },  # fmt: skip
+                    num_warps=blk.proj_warps,
+                    num_stages=3,
+                    uses_dot=True,
+                )
+            )
+        configs.append(
+            AOTConfig(
+                name=f"trimul_product_{tdt}",
+                fn=_trimul_product_kernel,
+                signature={
+                    "A": ptr, "Bm": ptr, "X": xptr, "L": "i32", "stride_ab": "i32",
+                    "stride_am": "i32", "stride_ak": "i32", "stride_bk": "i32", "stride_bn": "i32",
+                    "h_start": "i32",
+                },  # fmt: skip
+                constexprs={
+                    "C_X": c_h, "BLOCK_M": blk.prod_m, "BLOCK_N": blk.prod_n, "BLOCK_K": blk.prod_k,
+                    "DOT_PRECISION": prec, "DOT_UPCAST": False,
+                },  # fmt: skip
+                num_warps=blk.prod_warps,
+                num_stages=blk.prod_stages,
+                uses_dot=True,
+            )
+        )
+        configs.append(
+            AOTConfig(
+                name=f"trimul_output_{tdt}",
+                fn=_trimul_output_kernel,
+                signature={
+                    "X": xptr, "Z": ptr, "LnInW": ptr, "LnInB": ptr, "LnOutW": "*fp32", "LnOutB": "*fp32",
+                    "Wz": ptr, "Bz": ptr, "Wg": ptr, "Bg": ptr, "Out": ptr, "LL": "i32", "eps": "fp32",
+                },  # fmt: skip
+                constexprs={
+                    "C_Z": c_z, "C_H": c_h, "BLOCK_CZ": block_cz, "BLOCK_CH": block_ch,
+                    "BLOCK_P": blk.out_p, "DOT_PRECISION": prec, "DOT_UPCAST": False,
+                },  # fmt: skip
+                num_warps=blk.out_warps,
+                num_stages=3,
+                uses_dot=True,
+            )
+        )
+    return configs
+
+
+__all__ = [
+    "TriMulWeights",
+    "triangle_multiplicative_update",
+    "triangle_multiplicative_update_reference",
+    "triangle_multiplicative_update_torch",
+    "aot_configs",
+]

@@ -1,0 +1,358 @@
+"""FASTA validation and the ``esmfold-fast`` command line, end to end on a tiny random checkpoint.
+
+The checkpoint is a randomised transformers ``EsmForProteinFolding`` (2-layer LM, one trunk block)
+written with ``save_pretrained``: the official directory layout, nothing downloaded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from Bio.PDB import MMCIFParser, PDBParser
+
+from esmfold_fast.cli import main
+from esmfold_fast.fasta import FastaError, read_fasta, safe_id
+from tests._util import randomize_
+
+ERROR_PREFIX = "esmfold-fast: error: "
+MONOMER = "MKTAYIAKQRQISFVKSHFSRQ"  # 22 residues
+CHAIN_A, CHAIN_B = "GSHMLEDPVRAK", "TTPWQELW"  # a 2-chain complex, 12 + 8 residues
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A randomised tiny ``EsmForProteinFolding`` saved in the transformers layout."""
+    from transformers import EsmConfig, EsmForProteinFolding
+    from transformers.models.esm.configuration_esm import get_default_vocab_list
+
+    config = EsmConfig(
+        vocab_size=33, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+        pad_token_id=1, mask_token_id=32, position_embedding_type="rotary", token_dropout=True,
+        is_folding_model=True, vocab_list=list(get_default_vocab_list()),
+        esmfold_config={
+            "fp16_esm": False,
+            "lddt_head_hid_dim": 16,
+            "trunk": {
+                "num_blocks": 1, "sequence_state_dim": 32, "pairwise_state_dim": 16,
+                "sequence_head_width": 16, "pairwise_head_width": 16, "max_recycles": 1,
+                "structure_module": {
+                    "sequence_dim": 16, "pairwise_dim": 16, "num_blocks": 2, "resnet_dim": 16,
+                    "num_heads_ipa": 2, "ipa_dim": 8, "num_qk_points": 2, "num_v_points": 2,
+                },
+            },
+        },
+    )
+    torch.manual_seed(0)
+    model = randomize_(EsmForProteinFolding(config).eval(), seed=7)
+    path = tmp_path_factory.mktemp("tiny_esmfold")
+    model.save_pretrained(path)
+    return path
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    return path
+
+
+def run_cli(capsys, *argv) -> tuple[int, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "Traceback" not in captured.out
+    return code, captured.err
+
+
+def error_lines(err: str) -> list[str]:
+    return [ln for ln in err.splitlines() if ln.startswith(ERROR_PREFIX)]
+
+
+# --------------------------------------------------------------------------- read_fasta
+
+
+def test_read_fasta_normalises_records(tmp_path):
+    fasta = write(
+        tmp_path / "in.fa",
+        ">sp|P1|ONE first protein\nmkta\nYIAK*\n\n>../../etc/passwd\nACDE:FGHI\n>\nXBZUO\n",
+    )
+    contents = read_fasta(fasta)
+    assert contents.errors == []
+    assert [r.id for r in contents.records] == ["sp_P1_ONE", "etc_passwd", "record_3"]
+    assert [r.sequence for r in contents.records] == ["MKTAYIAK", "ACDE:FGHI", "XBZUO"]
+    assert contents.records[0].header == "sp|P1|ONE first protein"
+    assert contents.records[1].chains == ["ACDE", "FGHI"] and contents.records[1].num_residues == 8
+    for raw in ("a/b", "..", ".hidden", "x\\y", "a b", "é", "a" * 500):
+        stem = safe_id(raw, 9)
+        assert stem and "/" not in stem and "\\" not in stem and not stem.startswith(".")
+        assert len(stem) <= 200
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no such file"),
+        ("", "empty file"),
+        ("\n  \n", "empty file"),
+        (b">a\nAC\x00DE\n", "binary file"),
+        (b">a\nAC\xff\xfeDE\n", "not UTF-8"),
+        ("ACDEFGHIK\n", "no FASTA header"),
+        ("some notes\n>a\nACDE\n", "text before the first '>'"),
+    ],
+)
+def test_read_fasta_file_errors(tmp_path, content, message):
+    path = tmp_path / "in.fa"
+    if content is not None:
+        write(path, content)
+    with pytest.raises(FastaError) as info:
+        read_fasta(path)
+    text = str(info.value)
+    assert message in text and str(path) in text and "\n" not in text
+
+
+def test_read_fasta_directory_and_unreadable(tmp_path, monkeypatch):
+    with pytest.raises(FastaError, match="is a directory"):
+        read_fasta(tmp_path)
+    path = write(tmp_path / "in.fa", ">a\nAC\n")
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", denied)  # root ignores chmod, so fake the refusal
+    with pytest.raises(FastaError, match="cannot read .Permission denied"):
+        read_fasta(path)
+
+
+def test_read_fasta_record_errors_keep_good_records(tmp_path):
+    fasta = write(
+        tmp_path / "in.fa",
+        ">good1\nACDEFG\n>empty\n\n>badletters\nAC-DJ1\n>good2\nMKV*\n>good1\nAAAA\n>GOOD2\nCC\n"
+        ">long\n" + "A" * 11 + ":" + "C" * 10 + "\n>gap\nACD::EF\n>stars\nAC**\n",
+    )
+    contents = read_fasta(fasta, max_length=20)
+    assert [r.id for r in contents.records] == ["good1", "good2"]
+    assert [r.sequence for r in contents.records] == ["ACDEFG", "MKV"]
+    messages = [e.message for e in contents.errors]
+    expected = [
+        (2, "empty", "empty sequence"),
+        (3, "badletters", "invalid letters '-1J' at position 3, 5, 6"),
+        (5, "good1", "duplicate id (same as record 1)"),
+        (6, "GOOD2", "same output name 'GOOD2' as record 4 'good2'"),
+        (7, "long", "21 residues exceed the limit of 20"),
+        (8, "gap", "empty chain"),
+        (9, "stars", "invalid letters '*'"),
+    ]
+    assert len(messages) == len(expected)
+    for message, (index, rid, what) in zip(messages, expected):
+        assert message.startswith(f"{fasta}: record {index} '{rid}': ")
+        assert what in message and "\n" not in message
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_help_and_usage_errors(capsys):
+    assert main(["--help"]) == 0
+    assert "fold" in capsys.readouterr().out
+    assert main(["fold", "--help"]) == 0
+    help_text = capsys.readouterr().out
+    assert "--max-length" in help_text and "2700" in help_text and "summed over" in help_text
+    for argv in (
+        [],
+        ["fold", "x.fa", "--model", "m"],  # no -o
+        ["fold", "x.fa", "-o", "out", "--model", "m", "--dtype", "int8"],
+        ["fold", "x.fa", "-o", "out", "--model", "m", "--num-recycles", "-1"],
+        ["fold", "x.fa", "-o", "out", "--model", "m", "--chunk-size", "0"],
+        ["fold", "x.fa", "-o", "out", "--model", "m", "--format", "xyz"],
+    ):
+        assert main(argv) == 2, argv
+        assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no such file"),
+        ("", "empty file"),
+        (b"\x7fELF\x00\x01\x02", "binary file"),
+        ("MKTAYIAK\n", "no FASTA header"),
+    ],
+)
+def test_file_errors_exit_2_before_anything_is_written(tmp_path, capsys, content, message):
+    fasta = tmp_path / "in.fa"
+    if content is not None:
+        write(fasta, content)
+    outdir = tmp_path / "out"
+    code, err = run_cli(capsys, "fold", fasta, "-o", outdir, "--model", tmp_path / "no_model")
+    assert code == 2
+    errors = error_lines(err)
+    assert len(errors) == 1 and message in errors[0] and str(fasta) in errors[0]
+    assert not outdir.exists()
+
+
+def test_model_errors_are_one_line_naming_the_path(tmp_path, capsys):
+    fasta = write(tmp_path / "in.fa", f">a\n{MONOMER}\n")
+    missing = tmp_path / "missing_model"
+    code, err = run_cli(capsys, "fold", fasta, "-o", tmp_path / "out", "--model", missing)
+    assert code == 2
+    assert error_lines(err) == [f"{ERROR_PREFIX}{missing}: no such model file or directory (--model)"]
+
+    # Not a path: looked up in the local model caches, never downloaded.
+    code, err = run_cli(capsys, "fold", fasta, "-o", tmp_path / "out", "--model", "no_such_cached_model")
+    assert code == 2
+    errors = error_lines(err)
+    assert len(errors) == 1 and "no_such_cached_model" in errors[0] and "cache" in errors[0]
+
+    broken = tmp_path / "broken_model"
+    broken.mkdir()
+    write(broken / "config.json", "{not json")
+    write(broken / "model.safetensors", b"\x00" * 64)
+    code, err = run_cli(capsys, "fold", fasta, "-o", tmp_path / "out2", "--model", broken)
+    assert code == 2
+    errors = error_lines(err)
+    assert len(errors) == 1 and str(broken) in errors[0], err
+    assert not any((tmp_path / "out2").iterdir())
+
+
+def test_fold_end_to_end(tiny_model, tmp_path, capsys):
+    fasta = write(tmp_path / "in.fa", f">mono one chain\n{MONOMER}\n>complex|AB\n{CHAIN_A}:{CHAIN_B}\n")
+    outdir = tmp_path / "out"
+    code, err = run_cli(
+        capsys, "fold", fasta, "-o", outdir, "--model", tiny_model, "--format", "both",
+        "--num-recycles", "1", "--dtype", "fp32", "--device", "cpu", "--chunk-size", "4",
+    )
+    assert code == 0, err
+    assert error_lines(err) == []
+    assert "[1/2] mono" in err and "[2/2] complex_AB" in err
+    assert err.strip().splitlines()[-1].startswith("esmfold-fast: folded 2 of 2 records")
+    assert sorted(p.name for p in outdir.iterdir()) == sorted(
+        f"{stem}{suffix}" for stem in ("mono", "complex_AB") for suffix in (".pdb", ".cif", ".scores.json")
+    )
+    for stem, chains in (("mono", [MONOMER]), ("complex_AB", [CHAIN_A, CHAIN_B])):
+        pdb = PDBParser(QUIET=True).get_structure(stem, str(outdir / f"{stem}.pdb"))[0]
+        cif = MMCIFParser(QUIET=True).get_structure(stem, str(outdir / f"{stem}.cif"))[0]
+        assert [c.id for c in pdb] == list("AB"[: len(chains)])
+        for chain_id, seq in zip("AB", chains):
+            residues = list(pdb[chain_id])
+            assert [r.id[1] for r in residues] == list(range(1, len(seq) + 1))  # linker gone
+            assert [r.get_resname() for r in residues] == [_three(a) for a in seq]
+            assert all(len(r) >= 4 for r in residues)  # N, CA, C, O at least
+        pdb_xyz = np.array([a.coord for a in pdb.get_atoms()])
+        cif_xyz = np.array([a.coord for a in cif.get_atoms()])
+        np.testing.assert_allclose(cif_xyz, pdb_xyz, atol=1e-3)
+        assert np.isfinite(pdb_xyz).all() and pdb_xyz.std() > 0.5  # a real, non-degenerate fold
+        bfactors = np.array([a.bfactor for a in pdb.get_atoms()])
+        assert (bfactors >= 0).all() and (bfactors <= 100).all() and bfactors.std() > 0
+
+        s = json.loads((outdir / f"{stem}.scores.json").read_text())
+        n = sum(len(c) for c in chains)
+        assert s["id"] == stem and s["sequence"] == ":".join(chains)
+        assert len(s["plddt"]) == n and np.asarray(s["pae"]).shape == (n, n)
+        assert s["chain_ids"] == [c for c, seq in zip("AB", chains) for _ in seq]
+        assert 0 <= s["mean_plddt"] <= 100 and 0 <= s["ptm"] <= 1
+        ca_b = [pdb[c][r]["CA"].bfactor for c, r in zip(s["chain_ids"], s["residue_numbers"])]
+        np.testing.assert_allclose(s["plddt"], ca_b, atol=0.011)
+
+
+def test_bad_records_are_reported_and_good_ones_folded(tiny_model, tmp_path, capsys):
+    fasta = write(
+        tmp_path / "in.fa",
+        f">ok1\n{MONOMER}\n>bad letters\nACDJ\n>empty\n>ok1\n{CHAIN_A}\n>too_long\n{'A' * 30}\n"
+        f">../escape\n{CHAIN_A}:{CHAIN_B}\n",
+    )
+    outdir = tmp_path / "out"
+    code, err = run_cli(capsys, "fold", fasta, "-o", outdir, "--model", tiny_model, "--max-length", "25")
+    assert code == 1
+    errors = error_lines(err)
+    assert len(errors) == 4, err
+    for line, (index, rid) in zip(errors, [(2, "bad"), (3, "empty"), (4, "ok1"), (5, "too_long")]):
+        assert line.startswith(f"{ERROR_PREFIX}{fasta}: record {index} '{rid}': ")
+    assert "folded 2 of 6 records" in err and "4 failed" in err
+    assert sorted(p.name for p in outdir.iterdir()) == sorted(
+        f"{stem}{suffix}" for stem in ("ok1", "escape") for suffix in (".pdb", ".scores.json")
+    )
+    assert not list(tmp_path.glob("escape*"))  # the id cannot climb out of OUTDIR
+
+
+def test_fold_failure_of_one_record_keeps_the_others(tiny_model, tmp_path, capsys, monkeypatch):
+    from esmfold_fast import output as output_module
+    from esmfold_fast.esmfold import ESMFold
+
+    real_infer, real_scores_json = ESMFold.infer, output_module.scores_json
+
+    def flaky_infer(self, sequences, *args, **kwargs):
+        if sequences == [CHAIN_A]:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+        return real_infer(self, sequences, *args, **kwargs)
+
+    def flaky_scores_json(output, i, **extra):
+        if extra.get("id") == "second":  # fails after the structure text was made, before any write
+            raise ValueError("non-finite score nan")
+        return real_scores_json(output, i, **extra)
+
+    monkeypatch.setattr(ESMFold, "infer", flaky_infer)
+    monkeypatch.setattr(output_module, "scores_json", flaky_scores_json)
+    fasta = write(tmp_path / "in.fa", f">first\n{CHAIN_A}\n>second\n{CHAIN_B}\n>third\n{MONOMER}\n")
+    outdir = tmp_path / "out"
+    code, err = run_cli(capsys, "fold", fasta, "-o", outdir, "--model", tiny_model, "--format", "both")
+    assert code == 1
+    errors = error_lines(err)
+    assert len(errors) == 2
+    prefix = f"{ERROR_PREFIX}{fasta}: record 1 'first': folding failed: CUDA out of memory"
+    assert errors[0].startswith(prefix) and "--chunk-size" in errors[0]
+    assert errors[1] == f"{ERROR_PREFIX}{fasta}: record 2 'second': folding failed: non-finite score nan"
+    assert sorted(p.name for p in outdir.iterdir()) == ["third.cif", "third.pdb", "third.scores.json"]
+
+
+def test_bench_is_forwarded(monkeypatch, capsys):
+    import types
+
+    calls = []
+
+    def fake_bench_main(argv):
+        calls.append(list(argv))
+        return 3 if "--fail" in argv else 0
+
+    monkeypatch.setitem(sys.modules, "esmfold_fast.bench", types.SimpleNamespace(main=fake_bench_main))
+    assert main(["bench", "--lengths", "64,128", "--help"]) == 0
+    assert main(["bench", "--fail"]) == 3
+    assert calls == [["--lengths", "64,128", "--help"], ["--fail"]]
+
+    def exits(argv):
+        raise SystemExit(2)  # the bench parser rejecting its arguments
+
+    monkeypatch.setitem(sys.modules, "esmfold_fast.bench", types.SimpleNamespace(main=exits))
+    assert main(["bench", "--bogus"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_installed_console_script(tmp_path):
+    script = Path(sys.executable).parent / "esmfold-fast"
+    if not script.exists():
+        script = Path(shutil.which("esmfold-fast") or script)
+    assert script.exists(), "the esmfold-fast console script is not installed (pip install -e .)"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0 and "fold" in done.stdout
+    missing = tmp_path / "nope.fa"
+    done = subprocess.run(
+        [str(script), "fold", str(missing), "-o", str(tmp_path / "out"), "--model", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"{ERROR_PREFIX}{missing}: no such file"]
+
+
+def _three(letter: str) -> str:
+    from esmfold_fast import residue_constants as rc
+
+    return rc.restype_1to3[letter]

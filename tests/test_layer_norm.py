@@ -1,0 +1,161 @@
+"""layer_norm: Triton kernel (interpreted on CPU) and the torch path against a float64 reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastfold_kernels import AOTConfig
+from fastfold_kernels.layer_norm import aot_configs, layer_norm, layer_norm_reference, layer_norm_torch
+
+IMPLS = {"triton": layer_norm, "torch": layer_norm_torch}
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.fixture
+def poisoned_empty(monkeypatch):
+    """Every buffer the op allocates starts as NaN, so an element a kernel skips cannot pass."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    def empty_like(*args, **kwargs):
+        t = real_empty_like(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", empty)
+    monkeypatch.setattr(torch, "empty_like", empty_like)
+
+
+def _params(C: int, dtype: torch.dtype, gen: torch.Generator, with_bias: bool = True):
+    weight = (1.0 + 0.5 * torch.randn(C, generator=gen)).to(dtype)
+    bias = (0.5 * torch.randn(C, generator=gen)).to(dtype) if with_bias else None
+    return weight, bias
+
+
+def _inputs(shape, dtype, gen):
+    # std 3 around a per-row offset: the mean must really be subtracted.
+    x = 3.0 * torch.randn(shape, generator=gen) + 2.0 * torch.randn(shape[:-1] + (1,), generator=gen)
+    return x.to(dtype)
+
+
+def _assert_close(out, ref64, ref_same, dtype):
+    """Error against float64 within 3x the same-dtype reference's error plus two output ulps."""
+    assert out.dtype == dtype and out.shape == ref64.shape
+    assert torch.isfinite(out).all()
+    err = (out.double() - ref64).abs().max().item()
+    ref_err = (ref_same.double() - ref64).abs().max().item()
+    atol = 2 * torch.finfo(dtype).eps * ref64.abs().max().item()
+    assert err <= 3 * ref_err + atol, f"err {err:.3e} vs reference err {ref_err:.3e} (atol {atol:.1e})"
+
+
+def _ref64(x, weight, bias, eps=1e-5, residual=None):
+    d = lambda t: None if t is None else t.double()  # noqa: E731
+    return layer_norm_reference(d(x), d(weight), d(bias), eps, d(residual))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("C, rows", [(32, 131), (128, 37), (320, 17), (1024, 6), (2560, 3)])
+def test_layer_norm_widths(impl, dtype, C, rows, poisoned_empty):
+    gen = torch.Generator().manual_seed(C + rows)
+    x = _inputs((rows, C), dtype, gen)
+    weight, bias = _params(C, dtype, gen)
+    out = IMPLS[impl](x, weight, bias)
+    _assert_close(out, _ref64(x, weight, bias), layer_norm_reference(x, weight, bias), dtype)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_layer_norm_no_bias_eps_and_batch_dims(impl, dtype, poisoned_empty):
+    gen = torch.Generator().manual_seed(7)
+    # Small-variance rows make eps matter.
+    x = (0.05 * _inputs((2, 5, 3, 48), torch.float32, gen)).to(dtype)
+    weight, _ = _params(48, dtype, gen)
+    out = IMPLS[impl](x, weight, None, eps=1e-3)
+    _assert_close(out, _ref64(x, weight, None, 1e-3), layer_norm_reference(x, weight, None, 1e-3), dtype)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("C", [128, 320])
+def test_layer_norm_residual(impl, dtype, C, poisoned_empty):
+    gen = torch.Generator().manual_seed(C)
+    x = _inputs((3, 13, C), dtype, gen)
+    residual = _inputs((3, 13, C), dtype, gen)
+    weight, bias = _params(C, dtype, gen)
+    y, s = IMPLS[impl](x, weight, bias, residual=residual)
+    # The sum is x + residual rounded to the dtype, bit for bit.
+    assert s.dtype == dtype and torch.equal(s, x + residual)
+    y_ref, _ = layer_norm_reference(x, weight, bias, residual=residual)
+    y64 = _ref64(x + residual, weight, bias)
+    _assert_close(y, y64, y_ref, dtype)
+
+
+def _strided_views(gen, dtype):
+    base = _inputs((6, 9, 200), dtype, gen)
+    yield "row_stride", base[:, :, 7:135]  # rows 200 apart, not 128
+    yield "every_other_row", base[:, ::2, 10:138]  # two uncollapsible leading dims
+    yield "transposed_leading", base[:, :, :128].transpose(0, 1)  # leading dims in swapped order
+    yield "three_strided_dims", base.view(2, 3, 9, 200)[:, :, ::3, 50:178]  # needs the copy fallback
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_layer_norm_strided_views(impl, dtype, poisoned_empty):
+    gen = torch.Generator().manual_seed(3)
+    weight, bias = _params(128, dtype, gen)
+    for name, x in _strided_views(gen, dtype):
+        assert not x.is_contiguous() and x.stride(-1) == 1, name
+        out = IMPLS[impl](x, weight, bias)
+        assert out.shape == x.shape, name
+        _assert_close(out, _ref64(x, weight, bias), layer_norm_reference(x, weight, bias), dtype)
+        residual = _inputs(x.shape, dtype, gen).transpose(-2, -3).contiguous().transpose(-2, -3)
+        y, s = IMPLS[impl](x, weight, bias, residual=residual)
+        assert torch.equal(s, x + residual), name
+        _assert_close(y, _ref64(x + residual, weight, bias), layer_norm_reference(x + residual, weight, bias), dtype)
+
+
+def test_layer_norm_fp64_torch_path():
+    gen = torch.Generator().manual_seed(11)
+    x = _inputs((17, 320), torch.float64, gen)
+    weight, bias = _params(320, torch.float64, gen)
+    out = layer_norm_torch(x, weight, bias)
+    ref = layer_norm_reference(x, weight, bias)
+    assert out.dtype == torch.float64
+    assert (out - ref).abs().max().item() < 1e-12
+    with pytest.raises(TypeError, match="fp16/bf16/fp32"):
+        layer_norm(x, weight, bias)
+
+
+def test_layer_norm_reference_matches_torch_module():
+    """The oracle itself agrees with nn.LayerNorm in float64."""
+    gen = torch.Generator().manual_seed(5)
+    x = _inputs((4, 37, 96), torch.float64, gen)
+    ln = torch.nn.LayerNorm(96, eps=1e-5).double()
+    with torch.no_grad():
+        ln.weight.copy_(1 + 0.3 * torch.randn(96, generator=gen))
+        ln.bias.copy_(0.3 * torch.randn(96, generator=gen))
+        expected = ln(x)
+    assert (layer_norm_reference(x, ln.weight, ln.bias) - expected).abs().max().item() < 1e-12
+
+
+def test_layer_norm_shape_errors():
+    x = torch.randn(3, 16)
+    with pytest.raises(ValueError):
+        layer_norm(x, torch.ones(8), None)
+    with pytest.raises(ValueError):
+        layer_norm(x, torch.ones(16), None, residual=torch.randn(3, 8))
+
+
+def test_layer_norm_aot_configs():
+    configs = aot_configs()
+    assert configs and all(isinstance(c, AOTConfig) for c in configs)
+    names = {c.name for c in configs}
+    assert len(names) == len(configs)
+    for c in configs:
+        assert set(c.signature) | set(c.constexprs) >= {"X", "W", "Y", "C", "eps", "BLOCK_C"}
+        assert c.constexprs["BLOCK_C"] >= int(c.name.split("_C")[1].split("_")[0])
+    assert {"layer_norm_C128_fp32", "layer_norm_C2560_fp16_res", "layer_norm_C1024_bf16"} <= names

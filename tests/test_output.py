@@ -1,0 +1,222 @@
+"""PDB / mmCIF / scores output from a synthetic ``ESMFold.infer`` output dict.
+
+The dict is built the way fair-esm's ``infer`` builds it (multimer chains joined by a poly-G linker,
+chain ``i`` offset by ``i * 512`` in ``residue_index``, linker and padding atoms masked out), with
+random coordinates (std 15 A) and random pLDDT / PAE. Expected atoms are derived independently from
+the atom14 name tables, so the atom14 -> atom37 path is checked, not just echoed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+from Bio.PDB import MMCIFParser, PDBParser
+
+from esmfold_fast import residue_constants as rc
+from esmfold_fast.output import atomic_write, output_to_mmcif, output_to_pdbs, scores, scores_json
+from esmfold_fast.protein import make_atom14_masks
+
+LINKER = "G" * 25
+OFFSET = 512
+# Item 0: a 3-chain complex with an unknown residue; item 1: one chain, padded; B/Z/U/O read as X.
+SEQUENCES = ["MKTAYIAKQRQISFVKS:GWXHC:DEFLLP", "ACDEFGHIKLMNPQRSTVWYBZACDEFGHIK"]
+
+
+def _encode(seq: str):
+    """fair-esm's multimer encoding, written out: aatype, residue index, linker mask, chain index."""
+    chains = seq.split(":")
+    aatype, residx, linker, chain_index = [], [], [], []
+    pos = 0
+    for c, chain in enumerate(chains):
+        part = chain + (LINKER if c < len(chains) - 1 else "")
+        for k, letter in enumerate(part):
+            aatype.append(rc.restype_order_with_x.get(letter, rc.unk_restype_index))
+            residx.append(pos + c * OFFSET)
+            linker.append(0.0 if k >= len(chain) else 1.0)
+            chain_index.append(c)  # linker residues belong to the chain before them
+            pos += 1
+    return aatype, residx, linker, chain_index
+
+
+def synthetic_output(seqs=SEQUENCES, seed=0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    encoded = [_encode(s) for s in seqs]
+    B, L = len(seqs), max(len(e[0]) for e in encoded)
+    aatype = torch.zeros(B, L, dtype=torch.long)
+    residx = torch.zeros(B, L, dtype=torch.long)
+    linker = torch.zeros(B, L)
+    mask = torch.zeros(B, L)
+    chain_index = torch.full((B, L), -1, dtype=torch.long)
+    for b, (aa, ri, lk, ci) in enumerate(encoded):
+        n = len(aa)
+        aatype[b, :n] = torch.tensor(aa)
+        residx[b, :n] = torch.tensor(ri)
+        linker[b, :n] = torch.tensor(lk)
+        mask[b, :n] = 1
+        chain_index[b, :n] = torch.tensor(ci)
+    out = make_atom14_masks(aatype)
+    out["atom37_atom_exists"] = out["atom37_atom_exists"] * (mask * linker)[..., None]
+    out["atom14_atom_exists"] = out["atom14_atom_exists"] * mask[..., None]
+    exists = out["atom37_atom_exists"]
+    plddt = 100 * torch.rand(B, L, 37, generator=gen)
+    out.update(
+        aatype=aatype,
+        residue_index=residx,
+        chain_index=chain_index,
+        positions=15 * torch.randn(8, B, L, 14, 3, generator=gen),
+        plddt=plddt,
+        mean_plddt=(plddt * exists).sum((1, 2)) / exists.sum((1, 2)),
+        ptm=torch.rand(B, generator=gen),
+        predicted_aligned_error=30 * torch.rand(B, L, L, generator=gen),
+        max_predicted_aligned_error=torch.full((B,), 31.75),
+    )
+    return out
+
+
+def expected_atoms(out: dict, b: int, seq: str) -> dict:
+    """(chain id, residue number, atom name) -> (residue name, xyz, pLDDT), from the atom14 tables."""
+    expected = {}
+    pos = 0
+    for c, chain in enumerate(seq.split(":")):
+        for k, letter in enumerate(chain):
+            resname = rc.restype_1to3.get(letter, "UNK") if letter in rc.restypes else "UNK"
+            for a14, name in enumerate(rc.restype_name_to_atom14_names.get(resname, [])):
+                if not name:
+                    continue
+                xyz = out["positions"][-1, b, pos, a14].double().numpy()
+                bfac = float(out["plddt"][b, pos, rc.atom_order[name]])
+                expected[("ABC"[c], k + 1, name)] = (resname, xyz, bfac)
+            pos += 1
+        pos += len(LINKER)
+    return expected
+
+
+def parsed_atoms(structure) -> dict:
+    found = {}
+    for atom in structure[0].get_atoms():
+        residue = atom.get_parent()
+        key = (residue.get_parent().id, residue.id[1], atom.get_id())
+        assert key not in found, f"atom written twice: {key}"
+        found[key] = (residue.get_resname(), atom.coord.astype(np.float64), atom.bfactor, atom.element)
+    return found
+
+
+def check_atoms(found: dict, expected: dict) -> None:
+    assert set(found) == set(expected)
+    for key, (resname, xyz, bfac) in expected.items():
+        got_name, got_xyz, got_b, element = found[key]
+        assert got_name == resname, key
+        np.testing.assert_allclose(got_xyz, xyz, atol=6e-4, err_msg=str(key))  # 3 decimals
+        assert abs(got_b - bfac) <= 6e-3, key  # 2 decimals
+        assert element == key[2][0], key
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pdb_round_trips_through_biopython(seed):
+    out = synthetic_output(seed=seed)
+    pdbs = output_to_pdbs(out)
+    assert len(pdbs) == len(SEQUENCES)
+    for b, (pdb, seq) in enumerate(zip(pdbs, SEQUENCES)):
+        structure = PDBParser(QUIET=True).get_structure(f"item{b}", io.StringIO(pdb))
+        expected = expected_atoms(out, b, seq)
+        check_atoms(parsed_atoms(structure), expected)
+        # The linker is gone and numbering restarts at 1 per chain: chain lengths match the input
+        # (the X residue has no atoms, so it leaves a gap instead of a residue).
+        for c, chain in enumerate(seq.split(":")):
+            numbers = [r.id[1] for r in structure[0]["ABC"[c]]]
+            assert numbers == [k + 1 for k, letter in enumerate(chain) if letter in rc.restypes]
+        assert len(list(structure[0])) == seq.count(":") + 1
+        assert len(expected) == sum(1 for ln in pdb.splitlines() if ln.startswith("ATOM"))
+
+
+def test_pdb_fixed_columns():
+    out = synthetic_output(seed=2)
+    pdb = output_to_pdbs(out)[0]
+    lines = pdb.splitlines()
+    assert lines[-1] == "END"
+    atoms = [ln for ln in lines if ln.startswith("ATOM")]
+    ters = [ln for ln in lines if ln.startswith("TER")]
+    assert len(ters) == SEQUENCES[0].count(":") + 1
+    serials = [int(ln[6:11]) for ln in lines if ln.startswith(("ATOM", "TER"))]
+    assert serials == list(range(1, len(serials) + 1))
+    for ln in atoms:
+        assert len(ln) == 80
+        name = ln[12:16].strip()
+        assert ln[76:78].strip() == name[0]  # element column
+        assert re.fullmatch(r"[ \d]{2}\d\.\d\d", ln[60:66])  # pLDDT as {:>6.2f}
+        assert 0.0 <= float(ln[60:66]) <= 100.0
+        assert ln[54:60] == "  1.00"
+    # TER closes each chain on its last residue.
+    for ter in ters:
+        chain_id, resseq = ter[21], int(ter[22:26])
+        last = [ln for ln in atoms if ln[21] == chain_id][-1]
+        assert int(last[22:26]) == resseq and last[17:20] == ter[17:20]
+
+
+def test_mmcif_matches_pdb():
+    out = synthetic_output(seed=3)
+    for b, (cif, seq) in enumerate(zip(output_to_mmcif(out), SEQUENCES)):
+        structure = MMCIFParser(QUIET=True).get_structure(f"item{b}", io.StringIO(cif))
+        check_atoms(parsed_atoms(structure), expected_atoms(out, b, seq))
+
+
+def test_scores_cover_real_residues_only():
+    out = synthetic_output(seed=4)
+    for b, seq in enumerate(SEQUENCES):
+        s = scores(out, b)
+        json.dumps(s, allow_nan=False)  # plain JSON types only
+        chains = seq.split(":")
+        n = sum(len(c) for c in chains)
+        # Real residues: every chain residue (X included), no linker, no padding.
+        real = []
+        pos = 0
+        for chain in chains:
+            real.extend(range(pos, pos + len(chain)))
+            pos += len(chain) + len(LINKER)
+        assert len(s["plddt"]) == n and s["plddt_kind"] == "CA atom"
+        np.testing.assert_allclose(s["plddt"], out["plddt"][b, real, rc.atom_order["CA"]].numpy(), atol=5e-3)
+        pae = np.asarray(s["pae"])
+        assert pae.shape == (n, n)
+        full_pae = out["predicted_aligned_error"][b].numpy()
+        np.testing.assert_allclose(pae, full_pae[np.ix_(real, real)], atol=5e-3)
+        assert s["chain_ids"] == [c for i, chain in enumerate(chains) for c in "ABC"[i] * len(chain)]
+        assert s["residue_numbers"] == [k + 1 for chain in chains for k in range(len(chain))]
+        as_x = "".join(ch if ch in rc.restypes or ch == ":" else "X" for ch in seq)
+        assert s["sequence"] == as_x
+        assert [c["id"] for c in s["chains"]] == list("ABC"[: len(chains)])
+        assert s["mean_plddt"] == pytest.approx(float(out["mean_plddt"][b]), abs=5e-3)
+        assert s["ptm"] == pytest.approx(float(out["ptm"][b]), abs=5e-5)
+        assert s["max_pae"] == 31.75
+    text = scores_json(out, 1, id="rec")
+    parsed = json.loads(text)
+    assert parsed["id"] == "rec" and parsed["sequence"] == scores(out, 1)["sequence"]
+
+
+def test_non_finite_coordinates_are_refused():
+    out = synthetic_output(seed=5)
+    out["positions"][-1, 1, 3, 1] = float("nan")  # a CA atom of item 1
+    with pytest.raises(ValueError, match="NaN"):
+        output_to_pdbs(out)
+
+
+def test_atomic_write_replaces_or_leaves_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "x.pdb"
+    atomic_write(target, "first\n")
+    atomic_write(target, b"second\n")
+    assert target.read_text() == "second\n"
+    assert os.stat(target).st_mode & 0o777 == 0o644
+
+    def broken_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError):
+        atomic_write(target, "third\n")
+    assert target.read_text() == "second\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pdb"]  # no temporary file left

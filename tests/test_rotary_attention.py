@@ -1,0 +1,176 @@
+"""rotary_attention: Triton kernel and torch path against a float64 reference; reference against fair-esm."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastfold_kernels.rotary_attention import (
+    aot_configs,
+    rotary_attention,
+    rotary_attention_reference,
+    rotary_attention_torch,
+)
+from tests._util import max_rel_err, poison_, randomize_
+
+# Error floor added to 3x the same-dtype reference's error (relative to max |out|).
+ATOL = {torch.float32: 2e-6, torch.bfloat16: 4e-3, torch.float16: 5e-4}
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def rotary_tables(L: int, D: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """ESM-2's rotate-halves tables for positions offset..offset+L-1: [L, D] fp32 each."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
+    freqs = torch.outer(torch.arange(offset, offset + L, dtype=torch.float32), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def make_qkv(B: int, L: int, H: int, D: int, std: float = 3.0, seed: int = 0):
+    """q, k, v as non-contiguous [B, L, H, D] views of one fused [B, L, 3*H*D] projection."""
+    gen = torch.Generator().manual_seed(seed)
+    proj = torch.randn(B, L, 3 * H * D, generator=gen) * std
+    q, k, v = proj.view(B, L, 3, H, D).unbind(2)
+    return q, k, v
+
+
+def padding_mask(B: int, L: int, seed: int = 0) -> torch.Tensor:
+    """[B, L] bool, True = padding: batch element b has a random valid length (element 0 unpadded)."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    lengths = torch.randint(L // 3, L, (B,), generator=gen)
+    lengths[0] = L
+    return torch.arange(L)[None, :] >= lengths[:, None]
+
+
+def check_against_fp64(fn, B, L, H, D, dtype, masked, seed):
+    q, k, v = make_qkv(B, L, H, D, seed=seed)
+    cos, sin = rotary_tables(L, D)
+    mask = padding_mask(B, L, seed) if masked else None
+    exact = rotary_attention_reference(q.double(), k.double(), v.double(), cos, sin, mask)
+    args = [t.to(dtype) for t in (q, k, v)]
+    same_dtype = rotary_attention_reference(*args, cos, sin, mask)
+    out = fn(*args, cos, sin, mask)
+    assert out.dtype == dtype and out.shape == (B, L, H, D)
+    assert torch.isfinite(out).all()
+    err, ref_err = max_rel_err(out, exact), max_rel_err(same_dtype, exact)
+    assert err <= 3 * ref_err + ATOL[dtype], (err, ref_err)
+    return err, ref_err
+
+
+# (D, L) pairs: every ESM-2 head dim, odd lengths that leave partial tiles.
+HEAD_CASES = [(16, 37), (24, 17), (32, 37), (64, 17), (128, 17)]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("D,L", HEAD_CASES)
+def test_kernel_matches_fp64_reference(D, L, dtype, masked):
+    check_against_fp64(rotary_attention, 2, L, 2, D, dtype, masked, seed=D + L)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("D,L", HEAD_CASES)
+def test_torch_matches_fp64_reference(D, L, dtype, masked):
+    check_against_fp64(rotary_attention_torch, 2, L, 3, D, dtype, masked, seed=D + L + 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_writes_every_element_of_out(dtype):
+    B, L, H, D = 2, 37, 2, 24
+    q, k, v = (t.to(dtype) for t in make_qkv(B, L, H, D, seed=3))
+    cos, sin = rotary_tables(L, D)
+    mask = padding_mask(B, L, 3)
+    out = poison_(torch.empty(B, L, H, D, dtype=dtype))
+    got = rotary_attention(q, k, v, cos, sin, mask, out=out)
+    assert got.data_ptr() == out.data_ptr()
+    assert torch.isfinite(out).all()
+    expected = rotary_attention_reference(q.double(), k.double(), v.double(), cos, sin, mask)
+    same_dtype = rotary_attention_reference(q, k, v, cos, sin, mask)
+    assert max_rel_err(out, expected) <= 3 * max_rel_err(same_dtype, expected) + ATOL[dtype]
+
+
+@pytest.mark.parametrize("fn", [rotary_attention, rotary_attention_torch], ids=["kernel", "torch"])
+def test_rotary_is_applied_and_relative(fn):
+    """A kernel that skipped the rotary would match the no-rotary attention and fail here."""
+    B, L, H, D = 1, 37, 2, 32
+    q, k, v = make_qkv(B, L, H, D, std=1.5, seed=4)
+    cos, sin = rotary_tables(L, D)
+    out = fn(q, k, v, cos, sin)
+    ones, zeros = torch.ones(L, D), torch.zeros(L, D)
+    no_rotary = rotary_attention_reference(q.double(), k.double(), v.double(), ones, zeros)
+    assert max_rel_err(out, no_rotary) > 1e-2
+    # Rotary logits depend only on relative position: shifting every position changes nothing.
+    cos_s, sin_s = rotary_tables(L, D, offset=11)
+    shifted = fn(q, k, v, cos_s, sin_s)
+    assert max_rel_err(shifted, out) < 1e-5
+    # And with identity tables the op is plain scaled dot-product attention.
+    plain = fn(q, k, v, ones, zeros)
+    assert max_rel_err(plain, no_rotary) < 1e-5
+
+
+@pytest.mark.parametrize("fn", [rotary_attention, rotary_attention_torch], ids=["kernel", "torch"])
+def test_padding_keys_are_ignored(fn):
+    """Queries of a padded sequence see exactly the attention of the unpadded sequence."""
+    L, n_valid, H, D = 37, 23, 2, 16
+    q, k, v = make_qkv(1, L, H, D, seed=5)
+    cos, sin = rotary_tables(L, D)
+    mask = torch.arange(L)[None, :] >= n_valid
+    padded = fn(q, k, v, cos, sin, mask)
+    trimmed = rotary_attention_reference(
+        *(t[:, :n_valid].double() for t in (q, k, v)), cos[:n_valid], sin[:n_valid]
+    )
+    assert max_rel_err(padded[:, :n_valid], trimmed) < 1e-5
+
+
+@pytest.mark.parametrize("fn", [rotary_attention, rotary_attention_torch], ids=["kernel", "torch"])
+def test_explicit_scale(fn):
+    B, L, H, D = 1, 17, 2, 32
+    q, k, v = make_qkv(B, L, H, D, std=1.0, seed=6)
+    cos, sin = rotary_tables(L, D)
+    expected = rotary_attention_reference(q.double(), k.double(), v.double(), cos, sin, scale=0.37)
+    assert max_rel_err(fn(q, k, v, cos, sin, scale=0.37), expected) < 1e-5
+    default = rotary_attention_reference(q.double(), k.double(), v.double(), cos, sin)
+    assert max_rel_err(expected, default) > 1e-2
+
+
+def test_reference_matches_fair_esm_multihead_attention():
+    """The oracle itself against fair-esm's rotary MultiheadAttention (projections + out_proj ours)."""
+    from esm.multihead_attention import MultiheadAttention
+
+    E, H, L, B = 48, 2, 17, 2
+    D = E // H
+    mha = randomize_(MultiheadAttention(E, H, self_attention=True, use_rotary_embeddings=True), seed=7).double()
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(L, B, E, generator=gen, dtype=torch.float64) * 3  # fair-esm: time first
+    mask = padding_mask(B, L, 7)
+    expected, _ = mha(x, x, x, key_padding_mask=mask, need_weights=False)  # [L, B, E]
+
+    xb = x.transpose(0, 1)  # [B, L, E]
+    q, k, v = (p(xb).view(B, L, H, D) for p in (mha.q_proj, mha.k_proj, mha.v_proj))
+    cos, sin = rotary_tables(L, D)
+    core = rotary_attention_reference(q, k, v, cos, sin, mask)
+    got = mha.out_proj(core.reshape(B, L, E)).transpose(0, 1)
+    # fair-esm computes its tables in fp32 like ours; the rest is float64.
+    assert max_rel_err(got, expected) < 1e-6
+
+
+def test_aot_configs_cover_every_esm2_launch():
+    configs = aot_configs()
+    names = {c.name for c in configs}
+    assert len(names) == len(configs) == 3 * 5 * 2
+    for c in configs:
+        assert c.uses_dot and c.fn is not None
+        assert set(c.signature) | set(c.constexprs) >= {"q_ptr", "k_ptr", "v_ptr", "L", "H", "D", "HAS_MASK"}
+        assert c.constexprs["BLOCK_D"] >= 16 and c.constexprs["UPCAST_DOT"] is False
+    fp32 = [c for c in configs if c.signature["q_ptr"] == "*fp32"]
+    assert fp32 and all(c.constexprs["DOT_PRECISION"] == "ieee" for c in fp32)
+
+
+def test_shape_errors_are_loud():
+    q, k, v = make_qkv(1, 17, 2, 16)
+    cos, sin = rotary_tables(17, 16)
+    with pytest.raises(ValueError):
+        rotary_attention_torch(q, k, v, cos[:5], sin[:5])
+    with pytest.raises(ValueError):
+        rotary_attention(q, k, v, cos, sin, torch.zeros(1, 5, dtype=torch.bool))

@@ -1,0 +1,178 @@
+"""triangle_attention: Triton kernel and chunked torch path against a float64 reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastfold_kernels.triangle_attention as tri
+from fastfold_kernels.triangle_attention import (
+    aot_configs,
+    triangle_attention,
+    triangle_attention_reference,
+    triangle_attention_torch,
+)
+from tests._util import max_rel_err, poison_
+
+# Error floor added to 3x the same-dtype reference's error (relative to max |out|).
+ATOL = {torch.float32: 2e-6, torch.bfloat16: 4e-3, torch.float16: 5e-4}
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def make_inputs(B, I, J, H, D, std=3.0, bias_std=3.0, seed=0):
+    """q, k, v: non-contiguous [B, I, J, H, D] views of one projection; bias: a [B, H, J, J] view of
+    a [B, J, J, H] linear output (the model's layout); all with std > 1."""
+    gen = torch.Generator().manual_seed(seed)
+    proj = torch.randn(B, I, J, 3 * H * D, generator=gen) * std
+    q, k, v = proj.view(B, I, J, 3, H, D).unbind(3)
+    bias = (torch.randn(B, J, J, H, generator=gen) * bias_std).permute(0, 3, 1, 2)
+    return q, k, v, bias
+
+
+def make_mask(B, I, J, seed=0):
+    """[B, I, J] bool with random holes and, when there are several rows, one fully masked row."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    mask = torch.rand(B, I, J, generator=gen) > 0.3
+    if I > 1:
+        mask[0, 0] = False
+    return mask
+
+
+def live_rows(mask, B, I):
+    """Rows with at least one key: fully masked rows are padding and are not compared."""
+    return torch.ones(B, I, dtype=torch.bool) if mask is None else mask.any(-1)
+
+
+def check_against_fp64(fn, B, I, J, H, D, dtype, masked, seed):
+    q, k, v, bias = make_inputs(B, I, J, H, D, seed=seed)
+    mask = make_mask(B, I, J, seed) if masked else None
+    exact = triangle_attention_reference(q.double(), k.double(), v.double(), bias.double(), mask)
+    args = [t.to(dtype) for t in (q, k, v, bias)]
+    same_dtype = triangle_attention_reference(*args, mask)
+    out = fn(*args, mask)
+    assert out.dtype == dtype and out.shape == (B, I, J, H, D)
+    assert torch.isfinite(out).all()  # fully masked rows included
+    live = live_rows(mask, B, I)
+    err, ref_err = max_rel_err(out[live], exact[live]), max_rel_err(same_dtype[live], exact[live])
+    assert err <= 3 * ref_err + ATOL[dtype], (err, ref_err)
+    return err, ref_err
+
+
+# (B, I, J, H, D): ESMFold's trunk case, odd small heads, a wide head.
+SHAPES = [(1, 2, 23, 4, 32), (2, 2, 17, 2, 16), (1, 2, 37, 3, 64)]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_kernel_matches_fp64_reference(shape, dtype, masked):
+    check_against_fp64(triangle_attention, *shape, dtype, masked, seed=sum(shape))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_sequence_attention_case(dtype):
+    """ESMFold's pair-biased sequence attention: one row (I = 1), 32 heads of 32."""
+    check_against_fp64(triangle_attention, 1, 1, 17, 32, 32, dtype, True, seed=11)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES + [(2, 1, 37, 32, 32)], ids=lambda s: "x".join(map(str, s)))
+def test_torch_matches_fp64_reference(shape, dtype, masked):
+    check_against_fp64(triangle_attention_torch, *shape, dtype, masked, seed=sum(shape) + 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_writes_every_element_of_out(dtype):
+    B, I, J, H, D = 1, 2, 37, 4, 32
+    q, k, v, bias = (t.to(dtype) for t in make_inputs(B, I, J, H, D, seed=12))
+    mask = make_mask(B, I, J, 12)
+    out = poison_(torch.empty(B, I, J, H, D, dtype=dtype))
+    got = triangle_attention(q, k, v, bias, mask, out=out)
+    assert got.data_ptr() == out.data_ptr()
+    assert torch.isfinite(out).all()
+    live = live_rows(mask, B, I)
+    exact = triangle_attention_reference(q.double(), k.double(), v.double(), bias.double(), mask)
+    same_dtype = triangle_attention_reference(q, k, v, bias, mask)
+    assert max_rel_err(out[live], exact[live]) <= 3 * max_rel_err(same_dtype[live], exact[live]) + ATOL[dtype]
+
+
+def test_torch_chunking_matches_unchunked(monkeypatch):
+    B, I, J, H, D = 2, 7, 37, 4, 32
+    q, k, v, bias = make_inputs(B, I, J, H, D, seed=13)
+    mask = make_mask(B, I, J, 13)
+    for m in (None, mask):
+        whole = triangle_attention_torch(q, k, v, bias, m, chunk_size=I)
+        for chunk in (1, 3):
+            torch.testing.assert_close(triangle_attention_torch(q, k, v, bias, m, chunk_size=chunk), whole, rtol=1e-6, atol=1e-6)
+        # The automatic chunk follows the score budget: force several chunks through it.
+        monkeypatch.setattr(tri, "_TORCH_SCORE_BUDGET_BYTES", 2 * H * J * J * 4)
+        assert tri._auto_chunk(I, H, J) == 2
+        torch.testing.assert_close(triangle_attention_torch(q, k, v, bias, m), whole, rtol=1e-6, atol=1e-6)
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize("fn", [triangle_attention, triangle_attention_torch], ids=["kernel", "torch"])
+def test_all_ones_mask_equals_no_mask(fn):
+    B, I, J, H, D = 1, 2, 17, 2, 16
+    q, k, v, bias = make_inputs(B, I, J, H, D, seed=17)
+    torch.testing.assert_close(fn(q, k, v, bias, torch.ones(B, I, J)), fn(q, k, v, bias), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("fn", [triangle_attention, triangle_attention_torch], ids=["kernel", "torch"])
+def test_masked_keys_are_dropped_and_float_mask_equals_bool(fn):
+    """A row's output equals attention over only its unmasked keys (with the matching bias columns)."""
+    B, I, J, H, D = 1, 2, 17, 2, 16
+    q, k, v, bias = make_inputs(B, I, J, H, D, std=1.5, seed=14)
+    mask = torch.ones(B, I, J, dtype=torch.bool)
+    keep = torch.tensor([j % 3 != 1 for j in range(J)])
+    mask[0, 1] = keep
+    out = fn(q, k, v, bias, mask)
+    torch.testing.assert_close(fn(q, k, v, bias, mask.float()), out, rtol=0, atol=0)
+    # Keys restricted, queries kept: compute row 1 by hand in float64.
+    qd, kd, vd = q[0, 1].double(), k[0, 1, keep].double(), v[0, 1, keep].double()  # [J, H, D], [K, H, D]
+    logits = torch.einsum("qhd,khd->hqk", qd, kd) * D**-0.5 + bias[0][:, :, keep].double()
+    expected = torch.einsum("hqk,khd->qhd", logits.softmax(-1), vd)  # [J, H, D]
+    assert max_rel_err(out[0, 1], expected) < 1e-5
+
+
+def test_reference_matches_per_row_formula():
+    """The oracle's einsums against a plain loop over (b, i, h): catches a transposed bias."""
+    B, I, J, H, D = 2, 2, 9, 3, 8
+    q, k, v, bias = (t.double() for t in make_inputs(B, I, J, H, D, std=1.0, seed=15))
+    mask = make_mask(B, I, J, 15)
+    out = triangle_attention_reference(q, k, v, bias, mask, scale=0.3)
+    for b in range(B):
+        for i in range(I):
+            for h in range(H):
+                a = q[b, i, :, h] @ k[b, i, :, h].T * 0.3 + bias[b, h]  # [J, J]
+                a = a + (mask[b, i].double() - 1) * 1e9
+                torch.testing.assert_close(out[b, i, :, h], a.softmax(-1) @ v[b, i, :, h])
+
+
+@pytest.mark.parametrize("fn", [triangle_attention, triangle_attention_torch], ids=["kernel", "torch"])
+def test_explicit_scale_and_bias_matter(fn):
+    B, I, J, H, D = 1, 2, 17, 2, 16
+    q, k, v, bias = make_inputs(B, I, J, H, D, std=1.0, seed=16)
+    expected = triangle_attention_reference(q.double(), k.double(), v.double(), bias.double(), scale=0.41)
+    assert max_rel_err(fn(q, k, v, bias, scale=0.41), expected) < 1e-5
+    no_bias = triangle_attention_reference(q.double(), k.double(), v.double(), 0 * bias.double(), scale=0.41)
+    assert max_rel_err(expected, no_bias) > 1e-2
+
+
+def test_aot_configs():
+    configs = aot_configs()
+    assert len({c.name for c in configs}) == len(configs) == 3 * 2
+    for c in configs:
+        assert c.uses_dot and c.constexprs["BLOCK_D"] == 32 and c.constexprs["UPCAST_DOT"] is False
+        assert {"q_ptr", "bias_ptr", "mask_ptr", "I", "J", "H", "D", "qk_scale"} <= set(c.signature)
+    fp32 = [c for c in configs if c.signature["q_ptr"] == "*fp32"]
+    assert fp32 and all(c.constexprs["DOT_PRECISION"] == "ieee" for c in fp32)
+
+
+def test_shape_errors_are_loud():
+    q, k, v, bias = make_inputs(1, 2, 17, 2, 16)
+    with pytest.raises(ValueError):
+        triangle_attention_torch(q, k, v, bias[:, :1])
+    with pytest.raises(ValueError):
+        triangle_attention(q, k, v, bias, torch.ones(1, 2, 5))

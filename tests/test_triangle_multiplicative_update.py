@@ -1,0 +1,227 @@
+"""Triangle multiplicative update (Algorithms 11/12): Triton kernels (interpreted on CPU) and the torch
+path against a float64 evaluation of the reference, which itself matches transformers' module."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from _util import randomize_
+
+from fastfold_kernels import AOTConfig
+from fastfold_kernels.triangle_multiplicative_update import (
+    TriMulWeights,
+    aot_configs,
+    triangle_multiplicative_update,
+    triangle_multiplicative_update_reference,
+    triangle_multiplicative_update_torch,
+)
+
+IMPLS = {"triton": triangle_multiplicative_update, "torch": triangle_multiplicative_update_torch}
+
+
+@pytest.fixture
+def poisoned_empty(monkeypatch):
+    """Every buffer the op allocates starts as NaN, so an element a kernel skips cannot pass."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    def empty_like(*args, **kwargs):
+        t = real_empty_like(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", empty)
+    monkeypatch.setattr(torch, "empty_like", empty_like)
+
+
+def _hf_module(c: int, outgoing: bool, seed: int):
+    from transformers.models.esm.modeling_esmfold import EsmFoldTriangleMultiplicativeUpdate
+
+    module = EsmFoldTriangleMultiplicativeUpdate(SimpleNamespace(pairwise_state_dim=c), _outgoing=outgoing)
+    return randomize_(module.double(), seed=seed)
+
+
+def _weights_of(m) -> TriMulWeights:
+    return TriMulWeights(
+        m.layer_norm_in.weight, m.layer_norm_in.bias,
+        m.linear_a_p.weight, m.linear_a_p.bias, m.linear_a_g.weight, m.linear_a_g.bias,
+        m.linear_b_p.weight, m.linear_b_p.bias, m.linear_b_g.weight, m.linear_b_g.bias,
+        m.layer_norm_out.weight, m.layer_norm_out.bias,
+        m.linear_z.weight, m.linear_z.bias, m.linear_g.weight, m.linear_g.bias,
+    )  # fmt: skip
+
+
+def _random_weights(c_z: int, c_h: int, seed: int, p_scale: float = 1.0) -> TriMulWeights:
+    """Non-trivial weights: LN weights != 1, every bias non-zero, fan-in scaled matrices (x p_scale for a_p, b_p)."""
+    gen = torch.Generator().manual_seed(seed)
+    mat = lambda o, i, s=1.0: s * torch.randn(o, i, generator=gen, dtype=torch.float64) / i**0.5  # noqa: E731
+    vec = lambda n: 0.3 * torch.randn(n, generator=gen, dtype=torch.float64)  # noqa: E731
+    return TriMulWeights(
+        1 + vec(c_z), vec(c_z),
+        mat(c_h, c_z, p_scale), vec(c_h), mat(c_h, c_z), vec(c_h),
+        mat(c_h, c_z, p_scale), vec(c_h), mat(c_h, c_z), vec(c_h),
+        1 + vec(c_h), vec(c_h), mat(c_z, c_h), vec(c_z), mat(c_z, c_z), vec(c_z),
+    )  # fmt: skip
+
+
+def _cast(w: TriMulWeights, dtype: torch.dtype) -> TriMulWeights:
+    return TriMulWeights(*(t.detach().to(dtype) for t in w))
+
+
+def _inputs(B: int, L: int, c_z: int, mask_kind: str, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    # std 3 with per-position offsets: LN_in has real work to do.
+    z = 3.0 * torch.randn(B, L, L, c_z, generator=gen, dtype=torch.float64)
+    z += torch.randn(B, L, L, 1, generator=gen, dtype=torch.float64)
+    if mask_kind == "none":
+        mask = None
+    elif mask_kind == "random":
+        mask = (torch.rand(B, L, L, generator=gen) > 0.25).double()
+    elif mask_kind == "padded":  # a padded batch: sequence b has length lengths[b]
+        lengths = [L - 6 * b for b in range(B)]
+        seq = torch.stack([(torch.arange(L) < n).double() for n in lengths])  # [B, L]
+        mask = seq[:, :, None] * seq[:, None, :]
+    else:
+        raise ValueError(mask_kind)
+    return z, mask
+
+
+def _references(z, mask, w, outgoing, dtype):
+    """(float64 reference, same-dtype reference, atol) for the error check."""
+    ref64 = triangle_multiplicative_update_reference(z, mask, _cast(w, torch.float64), outgoing)
+    ref_same = triangle_multiplicative_update_reference(z.to(dtype), mask, _cast(w, dtype), outgoing)
+    atol = 2 * torch.finfo(dtype).eps * ref64.abs().max().item()
+    return ref64, ref_same, atol
+
+
+def _errors(out, refs):
+    """(error of out, error of the same-dtype reference, atol), all against float64, max abs."""
+    ref64, ref_same, atol = refs
+    err = (out.double() - ref64).abs().max().item()
+    ref_err = (ref_same.double() - ref64).abs().max().item()
+    return err, ref_err, atol
+
+
+def _run_and_check(impl, z, mask, w, outgoing, dtype, chunk_size=None, refs=None):
+    out = IMPLS[impl](z.to(dtype), mask, _cast(w, dtype), outgoing, chunk_size=chunk_size)
+    assert out.shape == z.shape and out.dtype == dtype
+    assert torch.isfinite(out).all()
+    refs = refs if refs is not None else _references(z, mask, w, outgoing, dtype)
+    err, ref_err, atol = _errors(out, refs)
+    assert err <= 3 * ref_err + atol, f"err {err:.3e} vs reference err {ref_err:.3e} (atol {atol:.1e})"
+    return out
+
+
+@pytest.mark.parametrize("outgoing", [True, False], ids=["outgoing", "incoming"])
+@pytest.mark.parametrize("mask_kind", ["none", "random", "padded"])
+def test_reference_matches_transformers(outgoing, mask_kind):
+    """The oracle against transformers' EsmFoldTriangleMultiplicativeUpdate in float64."""
+    module = _hf_module(32, outgoing, seed=1)
+    z, mask = _inputs(2, 17, 32, mask_kind, seed=2)
+    with torch.no_grad():
+        expected = module(z, mask)
+        ours = triangle_multiplicative_update_reference(z, mask, _weights_of(module), outgoing)
+        swapped = triangle_multiplicative_update_reference(z, mask, _weights_of(module), not outgoing)
+    assert (ours - expected).abs().max().item() < 1e-12
+    assert (swapped - expected).abs().max().item() > 1e-2 * expected.abs().max().item()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("outgoing", [True, False], ids=["outgoing", "incoming"])
+@pytest.mark.parametrize("L, mask_kind", [(17, "none"), (37, "padded")])
+def test_fp32(impl, outgoing, L, mask_kind, poisoned_empty):
+    w = _weights_of(_hf_module(32, outgoing, seed=L))
+    z, mask = _inputs(2, L, 32, mask_kind, seed=L + 1)
+    _run_and_check(impl, z, mask, w, outgoing, torch.float32)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("outgoing", [True, False], ids=["outgoing", "incoming"])
+def test_half(impl, dtype, outgoing, poisoned_empty):
+    w = _random_weights(32, 32, seed=3)
+    z, mask = _inputs(1, 19, 32, "random", seed=4)
+    _run_and_check(impl, z, mask.bool(), w, outgoing, dtype)  # a bool mask works as 0/1
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_fp16_large_products_do_not_overflow(impl, poisoned_empty):
+    """x = sum_k a b passes fp16's 65504 here: it must be kept wider until LN_out (transformers #47470)."""
+    w = _random_weights(32, 32, seed=5, p_scale=400.0)
+    z, _ = _inputs(1, 23, 32, "none", seed=6)
+    refs = _references(z, None, w, True, torch.float16)
+    zn = torch.nn.functional.layer_norm(z, (32,), w.ln_in_weight, w.ln_in_bias)
+    a = torch.sigmoid(zn @ w.a_g_weight.T + w.a_g_bias) * (zn @ w.a_p_weight.T + w.a_p_bias)
+    b = torch.sigmoid(zn @ w.b_g_weight.T + w.b_g_bias) * (zn @ w.b_p_weight.T + w.b_p_bias)
+    assert a.abs().max() < 65504 and b.abs().max() < 65504
+    assert torch.einsum("bikc,bjkc->bijc", a, b).abs().max() > 4 * 65504  # the regime is really reached
+    _run_and_check(impl, z, None, w, True, torch.float16, refs=refs)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("outgoing", [True, False], ids=["outgoing", "incoming"])
+def test_chunked_hidden_channels_and_c_h_not_c_z(impl, outgoing, poisoned_empty):
+    """c_hidden != c_z (x gets its own buffer) and the channel chunks, last one partial."""
+    w = _random_weights(32, 48, seed=7)
+    z, mask = _inputs(2, 17, 32, "padded", seed=8)
+    _run_and_check(impl, z, mask, w, outgoing, torch.float32, chunk_size=20)
+
+
+@pytest.mark.parametrize("outgoing", [True, False], ids=["outgoing", "incoming"])
+def test_torch_path_longer_chain(outgoing, poisoned_empty):
+    """L=131 with a multi-block row loop and the default and a partial channel chunking (torch path only)."""
+    w = _random_weights(32, 32, seed=9)
+    z, mask = _inputs(1, 131, 32, "padded", seed=10)
+    refs = _references(z, mask, w, outgoing, torch.float32)
+    for chunk_size in (None, 12):
+        _run_and_check("torch", z, mask, w, outgoing, torch.float32, chunk_size=chunk_size, refs=refs)
+
+
+def test_swapped_direction_fails_the_check():
+    """The tolerance is tight enough to tell Algorithm 11 from Algorithm 12."""
+    w = _random_weights(32, 32, seed=11)
+    z, mask = _inputs(1, 17, 32, "random", seed=12)
+    refs = _references(z, mask, w, True, torch.float32)
+    for impl in IMPLS.values():
+        out = impl(z.float(), mask, _cast(w, torch.float32), False)  # incoming ...
+        err, ref_err, atol = _errors(out, refs)  # ... checked as outgoing
+        assert err > 100 * (3 * ref_err + atol)
+
+
+def test_fp64_torch_path_is_exact():
+    w = _random_weights(32, 32, seed=13)
+    z, mask = _inputs(2, 17, 32, "random", seed=14)
+    for outgoing in (True, False):
+        ref = triangle_multiplicative_update_reference(z, mask, w, outgoing)
+        out = triangle_multiplicative_update_torch(z, mask.bool(), w, outgoing, chunk_size=7)
+        assert (out - ref).abs().max().item() < 1e-12 * ref.abs().max().item()
+
+
+def test_input_errors():
+    w = _random_weights(16, 16, seed=15)
+    z, mask = _inputs(1, 17, 16, "random", seed=16)
+    for impl in IMPLS.values():
+        with pytest.raises(ValueError):
+            impl(z.float(), mask[:, :5], _cast(w, torch.float32))
+        with pytest.raises(ValueError):
+            impl(z[:, :, :5].float(), None, _cast(w, torch.float32))
+        with pytest.raises(ValueError):
+            impl(z[..., :8].float(), None, _cast(w, torch.float32))
+    with pytest.raises(TypeError):
+        triangle_multiplicative_update(z, None, w)  # fp64 is for the torch path and the reference
+
+
+def test_aot_configs():
+    configs = aot_configs()
+    assert configs and all(isinstance(c, AOTConfig) for c in configs)
+    assert len({c.name for c in configs}) == len(configs)
+    assert all(c.uses_dot for c in configs)
+    for c in configs:
+        params = set(c.signature) | set(c.constexprs)
+        assert all(v.startswith(("*", "i", "fp")) for v in c.signature.values())
+        assert "DOT_PRECISION" in params
+        assert c.constexprs["DOT_PRECISION"] == ("tf32x3" if "fp32" in c.name else "tf32")
