@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-# torch is imported only once a command needs it, so --help and input errors answer at once.
+# torch and the model are imported inside the functions that need them.
 from .fasta import DEFAULT_MAX_LENGTH, FastaError, FastaRecord, read_fasta
 
 EXIT_OK, EXIT_RECORD_FAILED, EXIT_USAGE = 0, 1, 2
@@ -217,6 +217,8 @@ def _load_model(args: argparse.Namespace):
     device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
     try:
         get_backend(args.backend, device)
     except (ValueError, RuntimeError) as err:

@@ -396,9 +396,7 @@ class ESM2(BackendModule):
         weights: list[torch.Tensor] = []
 
         # Each residual add is fused into the LayerNorm that follows it; x is the residual stream.
-        h = self._ln(x, self.layers[0].self_attn_layer_norm) if self.layers else self._ln(
-            x, self.emb_layer_norm_after
-        )
+        h = self._ln(x, self.layers[0].self_attn_layer_norm)  # [B, T, C]
         for i, layer in enumerate(self.layers):
             a, w = layer.self_attn(h, key_padding_mask, need_head_weights)  # [B, T, C]
             h, x = self._ln(a, layer.final_layer_norm, residual=x)  # x += attention

@@ -122,7 +122,9 @@ class ESMFold(nn.Module):
             config = _with_overrides(name_or_config, overrides)
         device = torch.device(device) if device is not None else torch.device("cpu")
         dtype = dtype or torch.float32
-        with _default_dtype(dtype), device:
+        # Default inits draw from the global RNG: seed a forked one so ``seed`` alone fixes every weight.
+        with torch.random.fork_rng(devices=[]), _default_dtype(dtype), device:
+            torch.manual_seed(seed)
             model = cls(config)
         model._init_random_(torch.Generator(device=device).manual_seed(seed))
         return model._finish(backend, device)

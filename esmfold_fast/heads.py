@@ -41,12 +41,12 @@ def plddt_from_logits(lddt_logits: torch.Tensor) -> torch.Tensor:
     return 100 * categorical_mean(lddt_logits)
 
 
-def _pae_bin_centers(no_bins: int, max_bin: float, device, dtype) -> torch.Tensor:
-    # Boundaries in float32 like OpenFold's helpers (torch.linspace default), so float64 runs agree.
-    boundaries = torch.linspace(0, max_bin, steps=no_bins - 1, device=device)
+def _pae_bin_centers(no_bins: int, max_bin: float, device) -> torch.Tensor:
+    """Bin centres [no_bins] in float32, as OpenFold's helpers make them (so float64 models agree exactly)."""
+    boundaries = torch.linspace(0, max_bin, steps=no_bins - 1, device=device, dtype=torch.float32)
     step = boundaries[1] - boundaries[0]
     centers = boundaries + step / 2
-    return torch.cat([centers, (centers[-1] + step).unsqueeze(-1)]).to(dtype)  # [no_bins]
+    return torch.cat([centers, (centers[-1] + step).unsqueeze(-1)])
 
 
 def predicted_aligned_error(
@@ -58,7 +58,7 @@ def predicted_aligned_error(
     and ``max_predicted_aligned_error`` (scalar, the last bin centre).
     """
     probs = torch.softmax(logits, dim=-1)
-    centers = _pae_bin_centers(no_bins, max_bin, logits.device, logits.dtype)
+    centers = _pae_bin_centers(no_bins, max_bin, logits.device).to(logits.dtype)
     return {
         "aligned_confidence_probs": probs,
         "predicted_aligned_error": probs @ centers,
@@ -81,9 +81,9 @@ def compute_tm(
     n = logits.shape[-2]
     if residue_weights is None:
         residue_weights = logits.new_ones(n)
-    centers = _pae_bin_centers(no_bins, max_bin, logits.device, logits.dtype)
+    centers = _pae_bin_centers(no_bins, max_bin, logits.device)
     d0 = 1.24 * (max(n, 19) - 15) ** (1.0 / 3) - 1.8
-    tm_per_bin = 1.0 / (1 + centers**2 / d0**2)  # [no_bins]
+    tm_per_bin = (1.0 / (1 + centers**2 / d0**2)).to(logits.dtype)  # [no_bins]; float32 like OpenFold
     term = torch.softmax(logits, dim=-1) @ tm_per_bin  # [N, N]
     per_anchor = term @ (residue_weights / (eps + residue_weights.sum()))  # [N]
     weighted = per_anchor * residue_weights

@@ -81,15 +81,15 @@ def scores(output: Mapping[str, Any], i: int) -> dict[str, Any]:
 
     Keys: ``mean_plddt`` (over all real atoms, as the model reports it), ``ptm``,
     ``plddt`` (per residue, the CA atom's pLDDT, 0-100), ``pae`` ([n, n] Angstrom, real residues
-    only, row = aligned residue), ``max_pae``, ``chain_ids`` and ``residue_numbers`` (per residue,
+    only, row i = the residue whose frame the structure is aligned on), ``max_pae``, ``chain_ids`` and ``residue_numbers`` (per residue,
     matching the PDB), ``chains`` (id and sequence of each chain) and ``sequence`` (chains joined by
     ``':'``; letters the model reads as unknown appear as ``X``). Floats are rounded to 2 decimals,
     the precision of the PDB B-factor column; the PAE matrix dominates the size otherwise.
     """
     atom37 = _atom37_positions(output)
     item = _select_item(output, atom37, i)
-    ca_plddt = [_round(v) for v in item.plddt[:, _CA]]
-    pae = _numpy(output["predicted_aligned_error"])[i][np.ix_(item.present, item.present)]
+    ca_plddt = _rounded_list(item.plddt[:, _CA])
+    pae = _numpy(output["predicted_aligned_error"])[i][np.ix_(item.present, item.present)]  # [n, n]
     chains = []
     for c in np.unique(item.chain):
         letters = "".join(rc.restypes_with_x[a] for a in item.aatype[item.chain == c])
@@ -100,7 +100,7 @@ def scores(output: Mapping[str, Any], i: int) -> dict[str, Any]:
         "ptm": _round(_item_value(output["ptm"], i), 4),
         "plddt": ca_plddt,
         "plddt_kind": "CA atom",
-        "pae": [[_round(v) for v in row] for row in pae],
+        "pae": _rounded_list(pae),
         "max_pae": _round(_item_value(output["max_predicted_aligned_error"], i))
         if "max_predicted_aligned_error" in output else None,
         "chain_ids": item.chain_ids,
@@ -300,6 +300,14 @@ def _item_to_structure(item: _Item, name: str):
                 element=atom[0],
             )
     return builder.get_structure()
+
+
+def _rounded_list(values: np.ndarray, digits: int = 2) -> list:
+    """Nested lists of Python floats (vectorised: a 2700 x 2700 PAE matrix is 7.3 M values)."""
+    values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("non-finite values in the confidence scores")
+    return np.round(values, digits).tolist()
 
 
 def _round(value: Any, digits: int = 2) -> float:

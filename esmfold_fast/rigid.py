@@ -95,7 +95,7 @@ def quat_multiply_by_vec(quat: Tensor, vec: Tensor) -> Tensor:
         (
             -b * x - c * y - d * z,
             a * x + c * z - d * y,
-            a * y - b * z + d * x * 1.0000001,
+            a * y - b * z + d * x,
             a * z + b * y - c * x,
         ),
         dim=-1,

@@ -153,15 +153,22 @@ def _dot(a, b, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
 
 
 @triton.jit
-def _rotary_tile(x_ptr, row_offs, row_stride, d, partner, sign, d_ok, row_ok, cos_ptr, sin_ptr, D):
-    """Load rows ``row_offs`` of one head and return them rotated, fp32: x*cos + rotate_half(x)*sin."""
-    ok = row_ok[:, None] & d_ok[None, :]
-    x = tl.load(x_ptr + row_offs[:, None] * row_stride + d[None, :], mask=ok, other=0.0).to(tl.float32)
-    # rotate_half(x)[d] = -x[d + D/2] for d < D/2, x[d - D/2] otherwise: reload the partner columns.
-    xp = tl.load(x_ptr + row_offs[:, None] * row_stride + partner[None, :], mask=ok, other=0.0).to(tl.float32)
-    c = tl.load(cos_ptr + row_offs[:, None] * D + d[None, :], mask=ok, other=0.0)
-    s = tl.load(sin_ptr + row_offs[:, None] * D + d[None, :], mask=ok, other=0.0)
-    return x * c + (sign[None, :] * xp) * s
+def _rotary_halves(x_ptr, rows, row_stride, dh, h_ok, row_ok, cos_ptr, sin_ptr, D, HALF):
+    """Rows ``rows`` of one head, rotated, as two fp32 halves [rows, BLOCK_H]:
+
+    x*cos + rotate_half(x)*sin  ==  (x1*cos1 - x2*sin1, x2*cos2 + x1*sin2)
+
+    Splitting the halves loads every element once (no partner reload) and lets q.k be two
+    K = D/2 dots, so the rotated tile is never shuffled across the head dim.
+    """
+    ok = row_ok[:, None] & h_ok[None, :]
+    lo = rows[:, None] * row_stride + dh[None, :]
+    tab = rows[:, None] * D + dh[None, :]
+    x1 = tl.load(x_ptr + lo, mask=ok, other=0.0).to(tl.float32)
+    x2 = tl.load(x_ptr + lo + HALF, mask=ok, other=0.0).to(tl.float32)
+    r1 = x1 * tl.load(cos_ptr + tab, mask=ok, other=0.0) - x2 * tl.load(sin_ptr + tab, mask=ok, other=0.0)
+    r2 = x2 * tl.load(cos_ptr + tab + HALF, mask=ok, other=0.0) + x1 * tl.load(sin_ptr + tab + HALF, mask=ok, other=0.0)
+    return r1, r2
 
 
 @triton.jit
@@ -177,10 +184,13 @@ def _rotary_attention_fwd(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    BLOCK_H: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
 ):
     """One program = one block of BLOCK_M queries of one (batch, head); keys stream in BLOCK_N tiles.
+
+    BLOCK_H (>= D/2) tiles each rotary half, BLOCK_D (>= D) the values; both are padded powers of two.
 
     ``qk_scale`` = scale * log2(e): folded into the rotated queries so the softmax uses exp2.
     """
@@ -199,14 +209,15 @@ def _rotary_attention_fwd(
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
     d = tl.arange(0, BLOCK_D)  # [BLOCK_D], padded past D for D = 24
-    half = D // 2
     d_ok = d < D
-    partner = tl.where(d < half, d + half, d - half)
-    sign = tl.where(d < half, -1.0, 1.0)
+    half = D // 2
+    dh = tl.arange(0, BLOCK_H)  # [BLOCK_H], one rotary half
+    h_ok = dh < half
     m_ok = offs_m < L
 
-    q = _rotary_tile(q_base, offs_m, stride_ql, d, partner, sign, d_ok, m_ok, cos_ptr, sin_ptr, D)
-    q = (q * qk_scale).to(q_ptr.dtype.element_ty)  # [BLOCK_M, BLOCK_D]
+    q1, q2 = _rotary_halves(q_base, offs_m, stride_ql, dh, h_ok, m_ok, cos_ptr, sin_ptr, D, half)
+    q1 = (q1 * qk_scale).to(q_ptr.dtype.element_ty)  # [BLOCK_M, BLOCK_H]
+    q2 = (q2 * qk_scale).to(q_ptr.dtype.element_ty)  # [BLOCK_M, BLOCK_H]
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -215,9 +226,9 @@ def _rotary_attention_fwd(
     for start_n in range(0, L, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)  # [BLOCK_N]
         n_ok = offs_n < L
-        kt = _rotary_tile(k_base, offs_n, stride_kl, d, partner, sign, d_ok, n_ok, cos_ptr, sin_ptr, D)
-        kt = kt.to(k_ptr.dtype.element_ty)  # [BLOCK_N, BLOCK_D]
-        s = _dot(q, tl.trans(kt), DOT_PRECISION, UPCAST_DOT)  # [BLOCK_M, BLOCK_N], log2 units
+        k1, k2 = _rotary_halves(k_base, offs_n, stride_kl, dh, h_ok, n_ok, cos_ptr, sin_ptr, D, half)
+        s = _dot(q1, tl.trans(k1.to(k_ptr.dtype.element_ty)), DOT_PRECISION, UPCAST_DOT)
+        s += _dot(q2, tl.trans(k2.to(k_ptr.dtype.element_ty)), DOT_PRECISION, UPCAST_DOT)  # [BLOCK_M, BLOCK_N], log2 units
         keep = n_ok
         if HAS_MASK:
             pad = tl.load(mask_ptr + b64 * stride_mb + offs_n, mask=n_ok, other=1)
@@ -243,22 +254,27 @@ def _rotary_attention_fwd(
     tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
 
 
+def _blocks(D: int) -> dict:
+    """Padded power-of-two widths of the value tile and of one rotary half (tl.dot needs >= 16)."""
+    return dict(BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_H=max(16, triton.next_power_of_2(D // 2)))
+
+
 def _cuda_tiles(D: int, dtype: torch.dtype) -> dict:
-    """Tile sizes, warps and stages of the CUDA launch for one head dim and dtype."""
-    block_d = max(16, triton.next_power_of_2(D))
+    """Tile sizes, warps and stages of the CUDA launch for one head dim and dtype.
+
+    Chosen from sm_90 AOT compiles (cuobjdump -res-usage): the largest tiles without register spills.
+    """
+    blocks = _blocks(D)
     if dtype == torch.float32:
-        # ieee fp32 dots hold 3x the registers of a bf16 mma: keep the key tile short.
-        return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=block_d, num_warps=4, num_stages=2)
-    if block_d >= 128:
-        return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=block_d, num_warps=8, num_stages=3)
-    return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=block_d, num_warps=4, num_stages=3)
+        # ieee fp32 dots run on FMA units and hold whole tiles in registers: small tiles.
+        return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1, **blocks)
+    return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3 if D <= 64 else 2, **blocks)
 
 
 def _launch_config(D: int, dtype: torch.dtype) -> dict:
     """The launch's tiles; the interpreter gets small ones so short test sequences loop over tiles."""
     if interpreting():
-        block_d = max(16, triton.next_power_of_2(D))
-        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=4, num_stages=1)
+        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1, **_blocks(D))
     return _cuda_tiles(D, dtype)
 
 
@@ -311,6 +327,7 @@ def rotary_attention(q, k, v, cos, sin, key_padding_mask=None, scale=None, out=N
         BLOCK_M=cfg["BLOCK_M"],
         BLOCK_N=cfg["BLOCK_N"],
         BLOCK_D=cfg["BLOCK_D"],
+        BLOCK_H=cfg["BLOCK_H"],
         DOT_PRECISION=FP32_DOT_PRECISION if q.dtype == torch.float32 else "tf32",
         UPCAST_DOT=interpreting() and q.dtype == torch.bfloat16,
         num_warps=cfg["num_warps"],
@@ -355,6 +372,7 @@ def aot_configs() -> list[AOTConfig]:
                             BLOCK_M=tiles["BLOCK_M"],
                             BLOCK_N=tiles["BLOCK_N"],
                             BLOCK_D=tiles["BLOCK_D"],
+                            BLOCK_H=tiles["BLOCK_H"],
                             DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
                             UPCAST_DOT=False,
                         ),

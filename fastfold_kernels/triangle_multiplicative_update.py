@@ -404,6 +404,7 @@ class _Blocks(NamedTuple):
     proj_p: int
     proj_h: int
     proj_warps: int
+    proj_stages: int
     prod_m: int
     prod_n: int
     prod_k: int
@@ -415,10 +416,11 @@ class _Blocks(NamedTuple):
 
 def _blocks(dtype: torch.dtype) -> _Blocks:
     # fp32 operands go through 3xTF32 (3 MMAs per product) and take twice the shared memory per
-    # element, so their tiles are halved.
+    # element, so their tiles are halved. The projection kernel's loop streams four [c_z, 32] weight
+    # tiles per step: three stages of them in fp32 would pass the A100's 163 KB of shared memory.
     if dtype == torch.float32:
-        return _Blocks(64, 32, 4, 64, 64, 32, 4, 3, 32, 4)
-    return _Blocks(64, 32, 4, 128, 128, 32, 8, 3, 64, 4)
+        return _Blocks(64, 32, 4, 1, 64, 64, 32, 4, 3, 32, 4)
+    return _Blocks(64, 32, 4, 2, 128, 128, 32, 8, 3, 64, 4)
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -472,7 +474,8 @@ def triangle_multiplicative_update(
             wt.b_p_weight, wt.b_p_bias, wt.b_g_weight, wt.b_g_bias,
             a, b, LL, h0, n, n_chunk * LL, eps,
             C_Z=c_z, C_H=c_h, BLOCK_CZ=block_cz, BLOCK_P=blk.proj_p, BLOCK_H=blk.proj_h,
-            HAS_MASK=mask is not None, DOT_PRECISION=prec, DOT_UPCAST=upcast, num_warps=blk.proj_warps,
+            HAS_MASK=mask is not None, DOT_PRECISION=prec, DOT_UPCAST=upcast,
+            num_warps=blk.proj_warps, num_stages=blk.proj_stages,
         )  # fmt: skip
         grid = (n, triton.cdiv(L, blk.prod_m) * triton.cdiv(L, blk.prod_n), B)
         _trimul_product_kernel[grid](
@@ -486,7 +489,7 @@ def triangle_multiplicative_update(
         w.ln_out_bias.to(torch.float32).contiguous(), wt.z_weight, wt.z_bias, wt.g_weight, wt.g_bias,
         out, LL, eps,
         C_Z=c_z, C_H=c_h, BLOCK_CZ=block_cz, BLOCK_CH=block_ch, BLOCK_P=blk.out_p, DOT_PRECISION=prec, DOT_UPCAST=upcast,
-        num_warps=blk.out_warps,
+        num_warps=blk.out_warps, num_stages=1,
     )  # fmt: skip
     return out
 
@@ -521,7 +524,7 @@ def aot_configs(c_z: int = 128, c_h: int = 128) -> list[AOTConfig]:
                         "BLOCK_H": blk.proj_h, "HAS_MASK": has_mask, "DOT_PRECISION": prec, "DOT_UPCAST": False,
                     },  # fmt: skip
                     num_warps=blk.proj_warps,
-                    num_stages=3,
+                    num_stages=blk.proj_stages,
                     uses_dot=True,
                 )
             )
@@ -556,7 +559,7 @@ def aot_configs(c_z: int = 128, c_h: int = 128) -> list[AOTConfig]:
                     "BLOCK_P": blk.out_p, "DOT_PRECISION": prec, "DOT_UPCAST": False,
                 },  # fmt: skip
                 num_warps=blk.out_warps,
-                num_stages=3,
+                num_stages=1,
                 uses_dot=True,
             )
         )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -257,9 +258,10 @@ def parse_ptxas_verbose(text: str) -> dict[str, int]:
 
 def tensor_core_kind(sass: str) -> str | None:
     """``"HGMMA"`` (sm_90 warpgroup MMA), ``"HMMA"`` (warp MMA) or ``None`` from SASS text."""
-    if re.search(r"\bHGMMA\b", sass):
+    # Plain substring tests: the SASS of a big kernel is megabytes ("HGMMA" does not contain "HMMA").
+    if "HGMMA" in sass:
         return "HGMMA"
-    if re.search(r"\bHMMA\b", sass):
+    if "HMMA" in sass:
         return "HMMA"
     return None
 
@@ -314,24 +316,55 @@ def _ptxas_arch(arch: int) -> str:
     return f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
 
 
+def _facts_cache_dir() -> Path:
+    """Where facts read from a cubin are kept, so a rerun over Triton's compile cache is quick."""
+    base = os.environ.get("TRITON_CACHE_DIR") or os.path.join(Path.home(), ".triton", "cache")
+    return Path(base) / "fastfold_compile_report"
+
+
 def binary_facts(kernel, arch: int) -> dict[str, Any]:
-    """Registers, spills and tensor-core kind of a compiled kernel, with the tool that gave them."""
-    name = kernel.metadata.name
+    """Registers, spills and tensor-core kind of a compiled kernel, with the tool that gave them.
+
+    Cached on disk by the cubin's hash: the same binary always gives the same facts.
+    """
     cubin = kernel.asm["cubin"]
+    key = hashlib.sha256(cubin).hexdigest()
+    cache = _facts_cache_dir() / f"{key}.json"
+    if cache.is_file():
+        try:
+            return json.loads(cache.read_text())
+        except (OSError, ValueError):
+            pass  # a torn write by a concurrent run: measure again
+    facts = _read_binary(kernel, arch)
+    if facts["registers"] is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(facts))
+            os.replace(tmp, cache)
+        except OSError:
+            pass  # a read-only cache only costs time
+    return facts
+
+
+def _read_binary(kernel, arch: int) -> dict[str, Any]:
+    name = kernel.metadata.name
     cuobjdump = find_tool("cuobjdump")
     with tempfile.TemporaryDirectory() as tmp:
         cubin_path = os.path.join(tmp, "kernel.cubin")
-        Path(cubin_path).write_bytes(cubin)
+        Path(cubin_path).write_bytes(kernel.asm["cubin"])
         if cuobjdump is not None:
-            usage = parse_res_usage(_run_tool([cuobjdump, "-res-usage", cubin_path]))
+            text = _run_tool([cuobjdump, "-res-usage", "-sass", cubin_path])
+            usage = parse_res_usage(text)
+            if not usage:
+                raise RuntimeError(f"cuobjdump -res-usage printed no resource usage for {name}")
             res = usage.get(name) or max(usage.values(), key=lambda r: r.get("REG", 0))
-            sass = _run_tool([cuobjdump, "-sass", cubin_path])
             return {
                 "registers": res.get("REG"),
                 "stack_bytes": res.get("STACK", 0),
                 "local_bytes": res.get("LOCAL", 0),
                 "spill_bytes": res.get("STACK", 0) + res.get("LOCAL", 0),
-                "tensor_cores": tensor_core_kind(sass),
+                "tensor_cores": tensor_core_kind(text),
                 "facts_from": "cuobjdump -res-usage/-sass",
             }
         ptxas = find_tool("ptxas")

@@ -263,6 +263,36 @@ def test_fold_end_to_end(tiny_model, tmp_path, capsys):
         np.testing.assert_allclose(s["plddt"], ca_b, atol=0.011)
 
 
+def test_fold_matches_transformers_pdb(tiny_model, tmp_path, capsys):
+    """Same checkpoint, same recycling: our PDB has the atoms and coordinates of transformers' writer."""
+    from transformers import EsmForProteinFolding
+
+    from esmfold_fast import residue_constants as rc
+
+    fasta = write(tmp_path / "in.fa", f">mono\n{MONOMER}\n")
+    code, err = run_cli(capsys, "fold", fasta, "-o", tmp_path / "out", "--model", tiny_model,
+                        "--num-recycles", "1", "--device", "cpu")
+    assert code == 0, err
+    peer = EsmForProteinFolding.from_pretrained(tiny_model).eval()
+    aatype = torch.tensor([[rc.restype_order_with_x[a] for a in MONOMER]])
+    with torch.no_grad():
+        peer_pdb = peer.output_to_pdb(peer(aatype, torch.ones_like(aatype), num_recycles=1))[0]
+
+    def atoms(structure):
+        return {
+            (a.get_parent().get_parent().id, a.get_parent().id[1], a.get_parent().get_resname(), a.get_id()):
+            (a.coord.astype(np.float64), a.bfactor)
+            for a in structure.get_atoms()
+        }
+
+    ours = atoms(PDBParser(QUIET=True).get_structure("ours", str(tmp_path / "out" / "mono.pdb")))
+    theirs = atoms(PDBParser(QUIET=True).get_structure("peer", io.StringIO(peer_pdb)))
+    assert set(ours) == set(theirs)
+    for key, (xyz, bfactor) in ours.items():
+        np.testing.assert_allclose(xyz, theirs[key][0], atol=2e-3, err_msg=str(key))  # 3-decimal columns
+        assert abs(bfactor - 100 * theirs[key][1]) <= 0.51  # transformers writes pLDDT on 0-1, 2 decimals
+
+
 def test_bad_records_are_reported_and_good_ones_folded(tiny_model, tmp_path, capsys):
     fasta = write(
         tmp_path / "in.fa",
@@ -341,15 +371,20 @@ def test_installed_console_script(tmp_path):
         script = Path(shutil.which("esmfold-fast") or script)
     assert script.exists(), "the esmfold-fast console script is not installed (pip install -e .)"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120, env=env)
-    assert done.returncode == 0 and "fold" in done.stdout
     missing = tmp_path / "nope.fa"
-    done = subprocess.run(
-        [str(script), "fold", str(missing), "-o", str(tmp_path / "out"), "--model", str(tmp_path)],
-        capture_output=True, text=True, timeout=120, env=env,
-    )
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [f"{ERROR_PREFIX}{missing}: no such file"]
+    commands = {
+        "help": [str(script), "--help"],
+        "bad": [str(script), "fold", str(missing), "-o", str(tmp_path / "out"), "--model", str(tmp_path)],
+    }
+    # Both start at once: each pays the interpreter + torch start-up.
+    procs = {k: subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for k, c in commands.items()}
+    results = {k: (p.communicate(timeout=120), p.returncode) for k, p in procs.items()}
+    (out, _), code = results["help"]
+    assert code == 0 and "fold" in out and "bench" in out
+    (_, err), code = results["bad"]
+    assert code == 2
+    assert err.strip().splitlines() == [f"{ERROR_PREFIX}{missing}: no such file"]
 
 
 def _three(letter: str) -> str:

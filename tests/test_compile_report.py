@@ -146,7 +146,7 @@ def test_elementwise_kernel_has_no_mma(report, arch):
 def test_spilling_kernel_is_flagged(report, arch):
     row = _one(report[1], "toy_spill", arch)
     assert row["error"] is None
-    assert row["registers"] == 255 and row["spill_bytes"] > 0
+    assert row["registers"] > 0 and row["spill_bytes"] > 0
     assert any("spills" in p for p in row["problems"])
 
 

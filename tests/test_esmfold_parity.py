@@ -82,7 +82,7 @@ def test_full_width_trunk_fp64_two_passes(full, backend):
     _check_fp64(errs)
 
 
-@pytest.mark.parametrize("which", ["reduced", "full"])
+@pytest.mark.parametrize("which", ["reduced", pytest.param("full", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fp32_padded_batch_one_pass(request, which, backend):
     hf_model, path = request.getfixturevalue(which)

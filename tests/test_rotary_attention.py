@@ -58,7 +58,7 @@ def check_against_fp64(fn, B, L, H, D, dtype, masked, seed):
 
 
 # (D, L) pairs: every ESM-2 head dim, odd lengths that leave partial tiles.
-HEAD_CASES = [(16, 37), (24, 17), (32, 37), (64, 17), (128, 17)]
+HEAD_CASES = [(16, 37), (24, 17), (32, 23), (64, 17), (128, 17)]
 
 
 @pytest.mark.parametrize("masked", [False, True])
@@ -93,7 +93,7 @@ def test_kernel_writes_every_element_of_out(dtype):
 @pytest.mark.parametrize("fn", [rotary_attention, rotary_attention_torch], ids=["kernel", "torch"])
 def test_rotary_is_applied_and_relative(fn):
     """A kernel that skipped the rotary would match the no-rotary attention and fail here."""
-    B, L, H, D = 1, 37, 2, 32
+    B, L, H, D = 1, 23, 2, 32
     q, k, v = make_qkv(B, L, H, D, std=1.5, seed=4)
     cos, sin = rotary_tables(L, D)
     out = fn(q, k, v, cos, sin)

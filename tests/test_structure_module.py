@@ -156,8 +156,11 @@ def test_torsion_frames_and_atom14_positions_match_openfold(peer_float64):
     angles = angles / angles.norm(dim=-1, keepdim=True)
     tables = {
         name: torch.tensor(getattr(rc, attr), dtype=torch.float64)
-        for name, attr in (("default_frames", "restype_rigid_group_default_frame"), ("atom_mask", "restype_atom14_mask"),
-                           ("lit_positions", "restype_atom14_rigid_group_positions"))
+        for name, attr in (
+            ("default_frames", "restype_rigid_group_default_frame"),
+            ("atom_mask", "restype_atom14_mask"),
+            ("lit_positions", "restype_atom14_rigid_group_positions"),
+        )
     }
     group_idx = torch.tensor(rc.restype_atom14_to_rigid_group)
 
