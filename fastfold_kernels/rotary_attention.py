@@ -18,7 +18,6 @@ All three take ``q, k, v: [B, L, H, D]`` (any strides with a unit last-dim strid
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
@@ -36,8 +35,9 @@ __all__ = [
     "FP32_DOT_PRECISION",
 ]
 
-# fp32 inputs multiply in full precision by default (parity with the fp32/fp64 references);
-# FASTFOLD_ALLOW_TF32=1 trades that for tensor-core speed. bf16/fp16 always use tensor cores.
+# tl.dot input_precision for fp32 inputs of both attention kernels, read at every launch: "ieee"
+# (default: full fp32 on FMA units, parity with the fp32/fp64 references), "tf32x3" (tensor cores,
+# near-fp32), "tf32" (FASTFOLD_ALLOW_TF32=1: fastest, ~1e-3 relative). bf16/fp16 always use tensor cores.
 FP32_DOT_PRECISION = "tf32" if os.environ.get("FASTFOLD_ALLOW_TF32", "0") == "1" else "ieee"
 
 _LOG2E = 1.4426950408889634
@@ -167,7 +167,8 @@ def _rotary_halves(x_ptr, rows, row_stride, dh, h_ok, row_ok, cos_ptr, sin_ptr, 
     x1 = tl.load(x_ptr + lo, mask=ok, other=0.0).to(tl.float32)
     x2 = tl.load(x_ptr + lo + HALF, mask=ok, other=0.0).to(tl.float32)
     r1 = x1 * tl.load(cos_ptr + tab, mask=ok, other=0.0) - x2 * tl.load(sin_ptr + tab, mask=ok, other=0.0)
-    r2 = x2 * tl.load(cos_ptr + tab + HALF, mask=ok, other=0.0) + x1 * tl.load(sin_ptr + tab + HALF, mask=ok, other=0.0)
+    c2 = tl.load(cos_ptr + tab + HALF, mask=ok, other=0.0)
+    r2 = x2 * c2 + x1 * tl.load(sin_ptr + tab + HALF, mask=ok, other=0.0)
     return r1, r2
 
 
@@ -228,7 +229,8 @@ def _rotary_attention_fwd(
         n_ok = offs_n < L
         k1, k2 = _rotary_halves(k_base, offs_n, stride_kl, dh, h_ok, n_ok, cos_ptr, sin_ptr, D, half)
         s = _dot(q1, tl.trans(k1.to(k_ptr.dtype.element_ty)), DOT_PRECISION, UPCAST_DOT)
-        s += _dot(q2, tl.trans(k2.to(k_ptr.dtype.element_ty)), DOT_PRECISION, UPCAST_DOT)  # [BLOCK_M, BLOCK_N], log2 units
+        # [BLOCK_M, BLOCK_N] logits in log2 units
+        s += _dot(q2, tl.trans(k2.to(k_ptr.dtype.element_ty)), DOT_PRECISION, UPCAST_DOT)
         keep = n_ok
         if HAS_MASK:
             pad = tl.load(mask_ptr + b64 * stride_mb + offs_n, mask=n_ok, other=1)
@@ -267,8 +269,10 @@ def _cuda_tiles(D: int, dtype: torch.dtype) -> dict:
     blocks = _blocks(D)
     if dtype == torch.float32:
         # ieee fp32 dots run on FMA units and hold whole tiles in registers: small tiles.
-        return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1, **blocks)
-    return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3 if D <= 64 else 2, **blocks)
+        return dict(BLOCK_M=32, BLOCK_N=32, num_warps=8 if D > 64 else 4, num_stages=1, **blocks)
+    if D > 64:
+        return dict(BLOCK_M=128, BLOCK_N=32, num_warps=8, num_stages=2, **blocks)
+    return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, **blocks)
 
 
 def _launch_config(D: int, dtype: torch.dtype) -> dict:

@@ -164,16 +164,17 @@ def triangle_multiplicative_update_torch(
         for r0 in range(0, L, rows):
             r1 = min(L, r0 + rows)
             zn = F.layer_norm(z[:, r0:r1], (c_z,), ln_w, ln_b, eps)  # [B, R, L, c_z]
-            p = torch.addmm(b4, zn.reshape(-1, c_z), w4.t()).view(B, r1 - r0, L, 4, n)  # [B, R, L, 4, n]
-            ga = p[..., 1, :].sigmoid_().mul_(p[..., 0, :])  # [B, R, L, n], view into p
-            gb = p[..., 3, :].sigmoid_().mul_(p[..., 2, :])
-            if maskf is not None:
-                mr = maskf[:, r0:r1, :, None]  # [B, R, L, 1]
-                ga.mul_(mr)
-                gb.mul_(mr)
-            a[:, :, r0:r1].copy_(ga.permute(0, 3, 1, 2))
-            b[:, :, r0:r1].copy_(gb.permute(0, 3, 1, 2))
-            del zn, p, ga, gb
+            for bi in range(B):
+                # Channel-major GEMM output: the gating below runs on contiguous rows and lands in a, b
+                # without a transposing copy.
+                p = torch.addmm(b4[:, None], w4, zn[bi].reshape(-1, c_z).t())  # [4n, R*L]
+                p = p.view(4, n, r1 - r0, L)
+                for dst, proj, gate in ((a, p[0], p[1]), (b, p[2], p[3])):
+                    gate.sigmoid_()
+                    if maskf is not None:
+                        gate.mul_(maskf[bi, r0:r1])  # [R, L] broadcast over channels
+                    torch.mul(gate, proj, out=dst[bi, :, r0:r1])  # [n, R, L]
+            del zn, p
         if x_dtype != dt:
             a, b = a.to(x_dtype), b.to(x_dtype)
         if outgoing:

@@ -479,6 +479,12 @@ def collect_jobs(
     return jobs, failed
 
 
+def _start_methods() -> list[str]:
+    import multiprocessing
+
+    return multiprocessing.get_all_start_methods()
+
+
 def _pool_job(job: tuple[str, int, int]) -> dict[str, Any]:
     return report_row(*job)
 
@@ -497,8 +503,10 @@ def run_report(
         raise RuntimeError("run_report needs TRITON_INTERPRET unset (use main(), which re-executes)")
     jobs, rows = collect_jobs(modules, archs, kernels)
     if processes > 1 and len(jobs) > 2:
-        # spawn: a fresh interpreter per worker (no forked Triton/CUDA state); same environment.
-        with ProcessPoolExecutor(max_workers=processes, mp_context=get_context("spawn")) as pool:
+        # fork: workers inherit the imported kernels (a spawned worker re-imports torch and triton,
+        # seconds each); nothing has compiled yet, so no LLVM threads exist to be forked mid-state.
+        method = "fork" if "fork" in _start_methods() else "spawn"
+        with ProcessPoolExecutor(max_workers=processes, mp_context=get_context(method)) as pool:
             rows.extend(pool.map(_pool_job, jobs))
     else:
         rows.extend(report_row(*job) for job in jobs)

@@ -104,7 +104,8 @@ def test_torch_chunking_matches_unchunked(monkeypatch):
     for m in (None, mask):
         whole = triangle_attention_torch(q, k, v, bias, m, chunk_size=I)
         for chunk in (1, 3):
-            torch.testing.assert_close(triangle_attention_torch(q, k, v, bias, m, chunk_size=chunk), whole, rtol=1e-6, atol=1e-6)
+            chunked = triangle_attention_torch(q, k, v, bias, m, chunk_size=chunk)
+            torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
         # The automatic chunk follows the score budget: force several chunks through it.
         monkeypatch.setattr(tri, "_TORCH_SCORE_BUDGET_BYTES", 2 * H * J * J * 4)
         assert tri._auto_chunk(I, H, J) == 2
