@@ -118,7 +118,8 @@ def name_matches(patterns: Sequence[str] | None, *names: str) -> bool:
     """``--kernel`` filter: a pattern (fnmatch-style) matching the config name or its module."""
     if not patterns:
         return True
-    return any(fnmatch.fnmatchcase(n, p) or n.endswith("." + p) for p in patterns for n in names)
+    candidates = {n for n in names} | {n.rsplit(".", 1)[-1] for n in names}
+    return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in candidates)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,9 +312,45 @@ def _run_tool(cmd: list[str]) -> str:
     return proc.stdout + proc.stderr
 
 
+def _triton_ptxas(arch: int) -> str | None:
+    """The ptxas Triton itself assembles ``sm_<arch>`` with (3.9 has a newer one for sm_90+)."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        path = get_ptxas(arch).path
+        if path and os.path.isfile(path):
+            return path
+    except (ImportError, AttributeError, RuntimeError, TypeError):
+        pass
+    return find_tool("ptxas")
+
+
+def _triton_ptxas_flags(kernel) -> list[str]:
+    """The register-allocation flags Triton's own ptxas call passes, so the re-assembly matches its cubin.
+
+    Register counts depend on them (triton 3.9 adds ``--regAllocOptLevel=2``; without it a spilling
+    kernel gets another allocation), so read them from this Triton's ``make_cubin``.
+    """
+    flags = ["-lineinfo"]
+    try:
+        from triton.backends.nvidia.compiler import CUDABackend
+
+        source = inspect.getsource(CUDABackend.make_cubin)
+    except (ImportError, AttributeError, OSError, TypeError):
+        source = ""
+    if "--regAllocOptLevel=2" in source:
+        flags.append("--regAllocOptLevel=2")
+    if not getattr(kernel.metadata, "enable_fp_fusion", True):
+        flags.append("--fmad=false")
+    return flags
+
+
 def _ptxas_arch(arch: int) -> str:
     # Triton builds sm_90 kernels for sm_90a (wgmma needs the architecture-specific features).
     return f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+
+
+_FACTS_FORMAT = 2  # bump when what binary_facts reads or how changes: stale cache entries are ignored
 
 
 def _facts_cache_dir() -> Path:
@@ -322,20 +359,21 @@ def _facts_cache_dir() -> Path:
     return Path(base) / "fastfold_compile_report"
 
 
-def binary_facts(kernel, arch: int) -> dict[str, Any]:
+def binary_facts(kernel, arch: int, tools: str = "auto") -> dict[str, Any]:
     """Registers, spills and tensor-core kind of a compiled kernel, with the tool that gave them.
 
-    Cached on disk by the cubin's hash: the same binary always gives the same facts.
+    ``tools``: ``"auto"`` (cuobjdump, else ptxas -v, else Triton's metadata) or ``"ptxas"`` (skip
+    cuobjdump). Cached on disk by the cubin's hash: the same binary always gives the same facts.
     """
     cubin = kernel.asm["cubin"]
-    key = hashlib.sha256(cubin).hexdigest()
+    key = hashlib.sha256(cubin + f"{tools}/{_FACTS_FORMAT}".encode()).hexdigest()
     cache = _facts_cache_dir() / f"{key}.json"
     if cache.is_file():
         try:
             return json.loads(cache.read_text())
         except (OSError, ValueError):
             pass  # a torn write by a concurrent run: measure again
-    facts = _read_binary(kernel, arch)
+    facts = _read_binary(kernel, arch, use_cuobjdump=tools == "auto")
     if facts["registers"] is not None:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -347,9 +385,9 @@ def binary_facts(kernel, arch: int) -> dict[str, Any]:
     return facts
 
 
-def _read_binary(kernel, arch: int) -> dict[str, Any]:
+def _read_binary(kernel, arch: int, use_cuobjdump: bool = True) -> dict[str, Any]:
     name = kernel.metadata.name
-    cuobjdump = find_tool("cuobjdump")
+    cuobjdump = find_tool("cuobjdump") if use_cuobjdump else None
     with tempfile.TemporaryDirectory() as tmp:
         cubin_path = os.path.join(tmp, "kernel.cubin")
         Path(cubin_path).write_bytes(kernel.asm["cubin"])
@@ -367,20 +405,21 @@ def _read_binary(kernel, arch: int) -> dict[str, Any]:
                 "tensor_cores": tensor_core_kind(text),
                 "facts_from": "cuobjdump -res-usage/-sass",
             }
-        ptxas = find_tool("ptxas")
+        ptxas = _triton_ptxas(arch)
         if ptxas is not None:
             ptx_path = os.path.join(tmp, "kernel.ptx")
             Path(ptx_path).write_text(kernel.asm["ptx"])
-            info = parse_ptxas_verbose(
-                _run_tool([ptxas, "-v", f"--gpu-name={_ptxas_arch(arch)}", ptx_path, "-o", cubin_path])
-            )
+            cmd = [ptxas, *_triton_ptxas_flags(kernel), "-v", f"--gpu-name={_ptxas_arch(arch)}", ptx_path,
+                   "-o", cubin_path]
+            info = parse_ptxas_verbose(_run_tool(cmd))
             return {
                 "registers": info["REG"],
-                "stack_bytes": info["STACK"],
-                "local_bytes": info["SPILL_STORES"],
-                "spill_bytes": info["STACK"] + info["SPILL_STORES"],
+                "stack_bytes": info["STACK"],  # the stack frame holds the spilled registers
+                "local_bytes": 0,
+                "spill_bytes": info["STACK"],
+                "spill_store_bytes": info["SPILL_STORES"],
                 "tensor_cores": tensor_core_kind_from_ptx(kernel.asm["ptx"]),
-                "facts_from": "ptxas -v and PTX (no cuobjdump found)",
+                "facts_from": "ptxas -v and PTX (cuobjdump not used)",
             }
     # Neither tool: Triton only fills n_regs/n_spills when it loads the kernel on a GPU.
     return {
@@ -418,7 +457,7 @@ def config_label(config: dict[str, Any]) -> str:
     return f"w{config.get('num_warps')} s{config.get('num_stages')} {dtypes} {consts}".strip()
 
 
-def report_row(module_ref: str, index: int, arch: int) -> dict[str, Any]:
+def report_row(module_ref: str, index: int, arch: int, tools: str = "auto") -> dict[str, Any]:
     """Compile config ``index`` of ``module_ref`` for ``arch`` and describe it (errors become a row)."""
     row: dict[str, Any] = {"module": module_ref, "index": index, "arch": arch, "kernel": None, "config": None}
     try:
@@ -429,7 +468,7 @@ def report_row(module_ref: str, index: int, arch: int) -> dict[str, Any]:
         row["compile_s"] = round(time.perf_counter() - start, 3)
         row["shared_bytes"] = int(kernel.metadata.shared)
         row["shared_limit_bytes"] = SHARED_LIMIT_BYTES.get(arch)
-        row.update(binary_facts(kernel, arch))
+        row.update(binary_facts(kernel, arch, tools))
         dots = dot_summary(kernel.asm["ttir"])
         row["dots"] = dots
         row["expects_tensor_cores"] = dots_need_tensor_cores(dots)
@@ -462,8 +501,8 @@ def row_problems(row: dict[str, Any]) -> list[str]:
 
 
 def collect_jobs(
-    modules: Sequence[str], archs: Sequence[int], kernels: Sequence[str] | None
-) -> tuple[list[tuple[str, int, int]], list[dict[str, Any]]]:
+    modules: Sequence[str], archs: Sequence[int], kernels: Sequence[str] | None, tools: str = "auto"
+) -> tuple[list[tuple[str, int, int, str]], list[dict[str, Any]]]:
     """(module, config index, arch) for every selected config; modules that fail become error rows."""
     jobs, failed = [], []
     for ref in modules:
@@ -474,8 +513,8 @@ def collect_jobs(
                            "error": f"{type(err).__name__}: {err}"})
             continue
         for index, cfg in enumerate(configs):
-            if name_matches(kernels, cfg.name, ref, ref.rsplit(".", 1)[-1]):
-                jobs.extend((ref, index, arch) for arch in archs)
+            if name_matches(kernels, cfg.name, ref):
+                jobs.extend((ref, index, arch, tools) for arch in archs)
     return jobs, failed
 
 
@@ -485,7 +524,7 @@ def _start_methods() -> list[str]:
     return multiprocessing.get_all_start_methods()
 
 
-def _pool_job(job: tuple[str, int, int]) -> dict[str, Any]:
+def _pool_job(job: tuple[str, int, int, str]) -> dict[str, Any]:
     return report_row(*job)
 
 
@@ -494,6 +533,7 @@ def run_report(
     archs: Sequence[int] = DEFAULT_ARCHS,
     kernels: Sequence[str] | None = None,
     processes: int = 2,
+    tools: str = "auto",
 ) -> list[dict[str, Any]]:
     """Compile every selected configuration for every arch; one row each (see module docstring).
 
@@ -501,7 +541,7 @@ def run_report(
     """
     if interpreter_requested():
         raise RuntimeError("run_report needs TRITON_INTERPRET unset (use main(), which re-executes)")
-    jobs, rows = collect_jobs(modules, archs, kernels)
+    jobs, rows = collect_jobs(modules, archs, kernels, tools)
     if processes > 1 and len(jobs) > 2:
         # fork: workers inherit the imported kernels (a spawned worker re-imports torch and triton,
         # seconds each); nothing has compiled yet, so no LLVM threads exist to be forked mid-state.
@@ -541,6 +581,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="another module (dotted name or .py path) with aot_configs(); repeatable")
     parser.add_argument("--no-ops", action="store_true", help="skip the fastfold_kernels op modules")
     parser.add_argument("--processes", type=int, default=2, help="parallel compile processes")
+    parser.add_argument("--tools", choices=("auto", "ptxas"), default="auto",
+                        help="auto: cuobjdump (else ptxas -v); ptxas: read the facts from ptxas -v")
     return parser.parse_args(argv)
 
 
@@ -551,7 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     modules = ([] if args.no_ops else list(OP_MODULES)) + list(args.module)
     start = time.perf_counter()
-    rows = run_report(modules, args.arch, args.kernel, args.processes)
+    rows = run_report(modules, args.arch, args.kernel, args.processes, args.tools)
     elapsed = time.perf_counter() - start
     print(format_table(rows))
     bad = [r for r in rows if r["problems"]]

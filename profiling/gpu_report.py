@@ -34,7 +34,6 @@ import datetime as _dt
 import gc
 import json
 import math
-import os
 import platform
 import re
 import subprocess
@@ -95,8 +94,8 @@ def make_plan(mode: str) -> Plan:
     if mode == "full":
         return Plan(
             mode, "cuda",
-            caps={"env": 10, "kernel_tests": 170, "peaks": 20, "ops": 150, "end_to_end": 110,
-                  "max_length": 60, "end_to_end_transformers": 110},
+            caps={"kernel_tests": 150, "peaks": 15, "ops": 140, "end_to_end": 100,
+                  "max_length": 50, "end_to_end_transformers": 100},
             tri_att_lengths=(256, 512, 1024, 2048), tri_att_heads=4, tri_att_dim=32,
             tri_mul_lengths=(256, 512, 1024, 2048), tri_mul_channels=128,
             rot_length=1024, rot_heads=40, rot_dim=64,
@@ -108,7 +107,7 @@ def make_plan(mode: str) -> Plan:
     if mode == "quick":
         return Plan(
             mode, "cuda",
-            caps={"env": 5, "kernel_tests": 35, "peaks": 8, "ops": 30, "end_to_end": 25,
+            caps={"kernel_tests": 35, "peaks": 8, "ops": 30, "end_to_end": 25,
                   "max_length": 10, "end_to_end_transformers": 20},
             tri_att_lengths=(256, 512), tri_att_heads=4, tri_att_dim=32,
             tri_mul_lengths=(256, 512), tri_mul_channels=128,
@@ -122,15 +121,15 @@ def make_plan(mode: str) -> Plan:
     if mode == "cpu-smoke":
         return Plan(
             mode, "cpu",
-            caps={"env": 5, "kernel_tests": 60, "peaks": 5, "ops": 20, "end_to_end": 20,
-                  "max_length": 10, "end_to_end_transformers": 20},
+            caps={"kernel_tests": 30, "peaks": 3, "ops": 15, "end_to_end": 10,
+                  "max_length": 5, "end_to_end_transformers": 10},
             tri_att_lengths=(8, 12), tri_att_heads=2, tri_att_dim=16,
             tri_mul_lengths=(8, 12), tri_mul_channels=16,
             rot_length=16, rot_heads=2, rot_dim=16,
             ln_shapes=((64, 32, "float32"), (16, 48, "float32")),
             matmul_n=128, copy_bytes=1 << 20,
-            e2e_config="tiny", e2e_overrides={}, e2e_lengths=(8, 16),
-            max_len_start=8, max_len_ceiling=32, max_len_resolution=4,
+            e2e_config="tiny", e2e_overrides={}, e2e_lengths=(8, 12),
+            max_len_start=8, max_len_ceiling=16, max_len_resolution=4,
             cpu_repeats=2,
         )  # fmt: skip
     raise ValueError(f"unknown mode {mode!r}: full, quick or cpu-smoke")
@@ -360,11 +359,8 @@ def _add_ours(case: OpCase, module: str, fn_name: str, call: Callable[[Callable]
     mod = _ours(module)
     for provider, suffix in (("triton", ""), ("torch", "_torch"), ("reference", "_reference")):
         if provider == "triton" and device.type != "cuda":
-            from fastfold_kernels import interpreting
-
-            if not interpreting():
-                case.skip[provider] = "triton runs on CPU only under TRITON_INTERPRET=1"
-                continue
+            case.skip[provider] = "triton runs on CPU only through the interpreter: not timed"
+            continue
         fn = getattr(mod, fn_name + suffix)
         case.providers[provider] = (lambda f=fn: call(f))
 

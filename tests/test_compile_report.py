@@ -70,6 +70,7 @@ def aot_configs():
 def _load_report_module():
     spec = importlib.util.spec_from_file_location("compile_report_under_test", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
 
@@ -163,6 +164,20 @@ def test_reexecutes_without_interpreter(tmp_path):
                           "--kernel", "toy_matmul_bf16", "--arch", "90"], tmp_path, interpret=True)
     assert rc == 0, log
     assert [(r["kernel"], r["arch"], r["tensor_cores"]) for r in rows] == [("toy_matmul_bf16", 90, "HGMMA")]
+
+
+def test_ptxas_fallback_agrees_with_cuobjdump(report, tmp_path):
+    """Where cuobjdump is missing the facts come from ptxas -v and the PTX: the same numbers."""
+    rc, rows, log = _run(["--no-ops", "--module", str(Path(__file__).resolve()), "--tools", "ptxas",
+                          "--kernel", "toy_matmul_bf16", "toy_spill"], tmp_path)
+    assert rc == 1, log  # toy_spill still spills
+    assert len(rows) == 4
+    for row in rows:
+        assert row["facts_from"].startswith("ptxas -v")
+        ref = _one(report[1], row["kernel"], row["arch"])
+        assert ref["facts_from"].startswith("cuobjdump")
+        assert (row["registers"], row["spill_bytes"], row["tensor_cores"]) == \
+            (ref["registers"], ref["spill_bytes"], ref["tensor_cores"])
 
 
 # --------------------------------------------------------------------------------------------------
