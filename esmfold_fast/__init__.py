@@ -6,11 +6,24 @@
     pdb = model.infer_pdb("MKTAYIAKQR")
 """
 
-from ._checkpoint import CheckpointError
-from .alphabet import Alphabet
-from .backend import get_backend
-from .config import ESMFoldConfig, named_config
-from .esm2 import ESM2
-from .esmfold import ESMFold
+import importlib
+from typing import Any
 
-__all__ = ["ESM2", "Alphabet", "ESMFold", "ESMFoldConfig", "named_config", "get_backend", "CheckpointError"]
+# Exported names and their modules, imported on first use so that `esmfold-fast --help` and the FASTA
+# checks start without loading torch.
+_EXPORTS = {
+    "CheckpointError": "._checkpoint",
+    "Alphabet": ".alphabet",
+    "get_backend": ".backend",
+    "ESMFoldConfig": ".config",
+    "named_config": ".config",
+    "ESM2": ".esm2",
+    "ESMFold": ".esmfold",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'esmfold_fast' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)

@@ -8,6 +8,7 @@ ESMFold v1's hyperparameters).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -216,15 +217,21 @@ def named_config(name: str, **overrides: Any) -> ESMFoldConfig:
         )
     else:
         raise ValueError(f"unknown ESMFold config {name!r}; known: esmfold_v1, esmfold_v1_8M, tiny")
-    esm = overrides.pop("esm", None)
-    if esm is not None:
-        cfg.esm = ESM2Config.named(esm) if isinstance(esm, str) else esm
+    return with_overrides(cfg, **overrides)
+
+
+def with_overrides(config: ESMFoldConfig, **overrides: Any) -> ESMFoldConfig:
+    """A validated copy of ``config`` with fields replaced: ``esm`` (an ESM-2 size name or an
+    :class:`ESM2Config`), any trunk field (``num_blocks=1``) or any top-level field."""
+    config = copy.deepcopy(config)
     for key, value in overrides.items():
-        if hasattr(cfg.trunk, key):
-            setattr(cfg.trunk, key, value)
-        elif hasattr(cfg, key):
-            setattr(cfg, key, value)
+        if key == "esm":
+            config.esm = ESM2Config.named(value) if isinstance(value, str) else value
+        elif hasattr(config.trunk, key):
+            setattr(config.trunk, key, value)
+        elif hasattr(config, key):
+            setattr(config, key, value)
         else:
             raise ValueError(f"unknown config field {key!r}")
-    cfg.validate()
-    return cfg
+    config.validate()
+    return config
