@@ -73,12 +73,28 @@ class RotaryEmbedding(nn.Module):
             self.inv_freq = src.to(device=self.inv_freq.device, dtype=torch.float32)
         return self
 
+    def _table_key(self, seq_len: int, device: torch.device) -> tuple:
+        # inv_freq's version counter and address change when it is loaded or moved; inference-mode
+        # tables cannot be used by autograd, so the two modes keep separate tables.
+        inv = self.inv_freq
+        return (seq_len, torch.device(device), inv.data_ptr(), inv._version, torch.is_inference_mode_enabled())
+
     def cos_sin(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin: [T, D] fp32 for positions 0..T-1 (both halves share each frequency)."""
+        """cos, sin: [T, D] fp32 for positions 0..T-1 (both halves share each frequency).
+
+        The tables of the last length asked for are kept: every forward at that length reuses them
+        (five small ops per layer saved, which on CPU cost more in thread synchronisation than in work).
+        """
+        key = self._table_key(seq_len, device)
+        cached = getattr(self, "_tables", None)
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
         t = torch.arange(seq_len, device=device, dtype=torch.float32)
         freqs = torch.outer(t, self.inv_freq.to(device=device, dtype=torch.float32))  # [T, D/2]
         emb = torch.cat((freqs, freqs), dim=-1)  # [T, D]
-        return emb.cos(), emb.sin()
+        cos, sin = emb.cos(), emb.sin()
+        self._tables = (key, cos, sin)
+        return cos, sin
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -181,6 +197,13 @@ class ESM2SelfAttention(BackendModule):
         self, h: torch.Tensor, key_padding_mask: torch.Tensor | None = None, need_weights: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """h: [B, T, C] (already normalised) -> out_proj(attention) [B, T, C], weights [B, H, T, T]."""
+        out, weights = self.attend(h, key_padding_mask, need_weights)
+        return self.out_proj(out), weights
+
+    def attend(
+        self, h: torch.Tensor, key_padding_mask: torch.Tensor | None = None, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The attention before ``out_proj``: h [B, T, C] -> heads merged [B, T, C], weights or None."""
         B, T, C = h.shape
         W, b = self.qkv_weight()
         qkv = F.linear(h, W, b).view(B, T, 3, self.num_heads, self.head_dim)  # [B, T, 3, H, D]
@@ -193,7 +216,7 @@ class ESM2SelfAttention(BackendModule):
         else:
             out = self.ops.rotary_attention(q, k, v, cos, sin, key_padding_mask, self.scaling)
             weights = None
-        return self.out_proj(out.reshape(B, T, C)), weights
+        return out.reshape(B, T, C), weights
 
 
 class ESM2Layer(nn.Module):
@@ -231,6 +254,13 @@ class ESM2LMHead(BackendModule):
         x = F.gelu(self.dense(x))
         x = self.ops.layer_norm(x, self.layer_norm.weight, self.layer_norm.bias, self.layer_norm.eps)
         return F.linear(x, self.weight, self.bias)
+
+
+def _add_linear_(x: torch.Tensor, inp: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """x += linear(inp) in place: x [B, T, C_out] contiguous, inp [B, T, C_in]."""
+    x2 = x.view(-1, x.shape[-1])  # [B*T, C_out]
+    x2.addmm_(inp.reshape(-1, inp.shape[-1]), linear.weight.t())
+    return x2.add_(linear.bias)
 
 
 def symmetrize(x: torch.Tensor) -> torch.Tensor:
@@ -346,6 +376,44 @@ class ESM2(BackendModule):
             return self.ops.layer_norm(x, ln.weight, ln.bias, ln.eps)
         return self.ops.layer_norm(x, ln.weight, ln.bias, ln.eps, residual=residual)
 
+    def _layers_fused_residual(self, x, key_padding_mask, need_head_weights, repr_layers, hidden, weights):
+        """The layer stack with each residual add fused into the LayerNorm that follows it."""
+        h = self._ln(x, self.layers[0].self_attn_layer_norm)  # [B, T, C]
+        for i, layer in enumerate(self.layers):
+            a, w = layer.self_attn(h, key_padding_mask, need_head_weights)  # [B, T, C]
+            h, x = self._ln(a, layer.final_layer_norm, residual=x)  # x += attention
+            f = layer.feed_forward(h)  # [B, T, C]
+            h, x = self._ln(f, self._next_norm(i), residual=x)  # x += feed-forward
+            if i + 1 in repr_layers:
+                hidden[i + 1] = x
+            if w is not None:
+                weights.append(w)
+        return h
+
+    def _layers_inplace_residual(self, x, key_padding_mask, need_head_weights, repr_layers, hidden, weights):
+        """The layer stack with each residual add done by its GEMM (beta = 1) into x, in place.
+
+        For CPU inference: x += o @ W^T is one GEMM pass with no bias broadcast copy and no extra
+        add, and on CPU every op costs a thread-pool synchronisation besides its memory traffic.
+        """
+        x = x.clone()  # the stream is updated in place: never the caller's (or hidden[0]'s) tensor
+        h = self._ln(x, self.layers[0].self_attn_layer_norm)  # [B, T, C]
+        for i, layer in enumerate(self.layers):
+            o, w = layer.self_attn.attend(h, key_padding_mask, need_head_weights)  # [B, T, C]
+            _add_linear_(x, o, layer.self_attn.out_proj)  # x += attention
+            h = self._ln(x, layer.final_layer_norm)
+            _add_linear_(x, F.gelu(layer.fc1(h)), layer.fc2)  # x += feed-forward
+            h = self._ln(x, self._next_norm(i))
+            if i + 1 in repr_layers:
+                hidden[i + 1] = x.clone()
+            if w is not None:
+                weights.append(w)
+        return h
+
+    def _next_norm(self, i: int) -> nn.LayerNorm:
+        """The LayerNorm applied after layer ``i``: the next layer's first, or emb_layer_norm_after."""
+        return self.emb_layer_norm_after if i + 1 == len(self.layers) else self.layers[i + 1].self_attn_layer_norm
+
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token embeddings with token dropout and padding zeroed: [B, T] -> [B, T, C].
 
@@ -395,19 +463,12 @@ class ESM2(BackendModule):
         key_padding_mask = padding_mask if bool(padding_mask.any()) else None
         weights: list[torch.Tensor] = []
 
-        # Each residual add is fused into the LayerNorm that follows it; x is the residual stream.
-        h = self._ln(x, self.layers[0].self_attn_layer_norm)  # [B, T, C]
-        for i, layer in enumerate(self.layers):
-            a, w = layer.self_attn(h, key_padding_mask, need_head_weights)  # [B, T, C]
-            h, x = self._ln(a, layer.final_layer_norm, residual=x)  # x += attention
-            f = layer.feed_forward(h)  # [B, T, C]
-            last = i + 1 == len(self.layers)
-            nxt = self.emb_layer_norm_after if last else self.layers[i + 1].self_attn_layer_norm
-            h, x = self._ln(f, nxt, residual=x)  # x += feed-forward
-            if i + 1 in repr_layers:
-                hidden[i + 1] = x
-            if w is not None:
-                weights.append(w)
+        # x is the residual stream. On CPU without autograd each residual add rides on its GEMM;
+        # elsewhere (GPU kernels, training) it is fused into the LayerNorm that follows it.
+        stack = self._layers_fused_residual
+        if x.device.type == "cpu" and not torch.is_grad_enabled():
+            stack = self._layers_inplace_residual
+        h = stack(x, key_padding_mask, need_head_weights, repr_layers, hidden, weights)
         # h is now emb_layer_norm_after(x): the last layer's representation.
         if self.num_layers in repr_layers:
             hidden[self.num_layers] = h

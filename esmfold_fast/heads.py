@@ -8,6 +8,8 @@ over its true length; PAE uses 64 bins of width 31/62 Angstrom.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -22,10 +24,48 @@ def lddt_head(c_s: int, hidden: int, bins: int = LDDT_BINS) -> nn.Sequential:
     return nn.Sequential(nn.LayerNorm(c_s), nn.Linear(c_s, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, 37 * bins))
 
 
+# Elements of one chunk of head logits (8 MB in fp32): pair-wide heads are evaluated chunk by chunk.
+HEAD_CHUNK_ELEMENTS = 1 << 21
+
+
+def pair_linear(head: nn.Linear, z: torch.Tensor) -> torch.Tensor:
+    """``head(z)`` [B, L, L, out] in the head's dtype, over row chunks of z, so a cast copy of z (bf16 trunk,
+    float32 head) is never pair-wide."""
+    b, n = z.shape[:2]
+    if torch.is_grad_enabled():
+        return head(z.to(head.weight.dtype))
+    out = z.new_empty(b, n, n, head.out_features, dtype=head.weight.dtype)
+    rows = max(1, HEAD_CHUNK_ELEMENTS // max(1, n * max(z.shape[-1], head.out_features)))
+    for r0 in range(0, n, rows):
+        out[:, r0 : r0 + rows] = head(z[:, r0 : r0 + rows].to(head.weight.dtype))
+    return out
+
+
+def symmetrize_(x: torch.Tensor) -> torch.Tensor:
+    """``x <- (x + x^T) / 2`` over dims 1, 2 of ``x`` [B, L, L, C], in place tile pair by tile pair.
+
+    Each tile's mean is computed before either of its two places is written, and ``a + b`` is
+    ``b + a`` in floating point, so the result is bit-identical to the out-of-place form.
+    """
+    n = x.shape[1]
+    block = max(1, int(math.isqrt(max(1, HEAD_CHUNK_ELEMENTS // max(1, x.shape[0] * x.shape[-1])))))
+    for i0 in range(0, n, block):
+        for j0 in range(i0, n, block):
+            upper = x[:, i0 : i0 + block, j0 : j0 + block]  # [B, bi, bj, C]
+            lower = x[:, j0 : j0 + block, i0 : i0 + block]  # [B, bj, bi, C]
+            mean = (upper + lower.transpose(1, 2)) / 2
+            upper.copy_(mean)
+            lower.copy_(mean.transpose(1, 2))
+    return x
+
+
 def symmetric_distogram_logits(head: nn.Linear, z: torch.Tensor) -> torch.Tensor:
-    """Distogram logits [B, L, L, bins], symmetrised over (i, j) like both references."""
-    logits = head(z)
-    return (logits + logits.transpose(1, 2)) / 2
+    """Distogram logits [B, L, L, bins], symmetrised over (i, j) like both references; without autograd
+    one logits tensor is all that is allocated."""
+    logits = pair_linear(head, z)
+    if torch.is_grad_enabled():
+        return (logits + logits.transpose(1, 2)) / 2
+    return symmetrize_(logits)
 
 
 def categorical_mean(logits: torch.Tensor, start: float = 0.0, end: float = 1.0) -> torch.Tensor:
@@ -73,24 +113,44 @@ def compute_tm(
     no_bins: int = DISTOGRAM_BINS,
     eps: float = 1e-8,
 ) -> torch.Tensor:
-    """Predicted TM-score (AlphaFold2 supplement 1.9.7, eq. 40) of one structure: logits [N, N, no_bins].
+    """Predicted TM-score (AlphaFold2 supplement 1.9.7, eq. 40) of one structure: logits [N, N, no_bins]."""
+    return tm_from_probs(torch.softmax(logits, dim=-1), residue_weights, max_bin, no_bins, eps)
+
+
+def tm_from_probs(
+    probs: torch.Tensor,
+    residue_weights: torch.Tensor | None = None,
+    max_bin: float = PAE_MAX_BIN,
+    no_bins: int = DISTOGRAM_BINS,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """:func:`compute_tm` from the aligned-error bin probabilities [N, N, no_bins] (the softmax the PAE
+    output already holds, so no second pair-sized softmax is made).
 
     d0 uses N clipped below at 19; the score is the best over alignment anchors i of the weighted mean over
     j of the expected TM term.
     """
-    n = logits.shape[-2]
+    n = probs.shape[-2]
     if residue_weights is None:
-        residue_weights = logits.new_ones(n)
-    centers = _pae_bin_centers(no_bins, max_bin, logits.device)
+        residue_weights = probs.new_ones(n)
+    centers = _pae_bin_centers(no_bins, max_bin, probs.device)
     d0 = 1.24 * (max(n, 19) - 15) ** (1.0 / 3) - 1.8
-    tm_per_bin = (1.0 / (1 + centers**2 / d0**2)).to(logits.dtype)  # [no_bins]; float32 like OpenFold
-    term = torch.softmax(logits, dim=-1) @ tm_per_bin  # [N, N]
+    tm_per_bin = (1.0 / (1 + centers**2 / d0**2)).to(probs.dtype)  # [no_bins]; float32 like OpenFold
+    term = probs @ tm_per_bin  # [N, N]
     per_anchor = term @ (residue_weights / (eps + residue_weights.sum()))  # [N]
     weighted = per_anchor * residue_weights
     return per_anchor[torch.argmax(weighted)]
 
 
-def ptm_per_sequence(ptm_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """pTM of each sequence of a padded batch over its true length (fair-esm): [B, L, L, bins] -> [B]."""
+def ptm_per_sequence(
+    ptm_logits: torch.Tensor, mask: torch.Tensor, probs: torch.Tensor | None = None
+) -> torch.Tensor:
+    """pTM of each sequence of a padded batch over its true length (fair-esm): [B, L, L, bins] -> [B].
+
+    ``probs``: ``softmax(ptm_logits)`` when the caller has it (the softmax runs per (i, j), so a sequence's
+    [:n, :n] block of it is the softmax of its own logits).
+    """
     lengths = mask.to(torch.int64).sum(1).tolist()
-    return torch.stack([compute_tm(logits[:n, :n]) for logits, n in zip(ptm_logits, lengths)])
+    if probs is None:
+        return torch.stack([compute_tm(logits[:n, :n]) for logits, n in zip(ptm_logits, lengths)])
+    return torch.stack([tm_from_probs(p[:n, :n]) for p, n in zip(probs, lengths)])

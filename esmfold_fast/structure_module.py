@@ -28,6 +28,10 @@ from .rigid import (
 )
 
 
+# Elements of one row chunk when the pair representation is normalised in place (16 MB in fp32).
+PAIR_CHUNK_ELEMENTS = 1 << 22
+
+
 def _frame_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
@@ -242,14 +246,30 @@ class StructureModule(nn.Module):
                 setattr(self, name, self._table(array, buf.device))
         return self
 
+    def _normalized_pair(self, pair: Tensor, in_place: bool) -> Tensor:
+        """``layer_norm_z(pair)``; with ``in_place`` written back into ``pair`` row chunk by row chunk, so the
+        normalised copy costs no second pair-sized tensor."""
+        if not in_place or torch.is_grad_enabled():
+            return self.layer_norm_z(pair)
+        n = pair.shape[1]
+        rows = max(1, PAIR_CHUNK_ELEMENTS // max(1, n * pair.shape[-1]))
+        for r0 in range(0, n, rows):
+            pair[:, r0 : r0 + rows] = self.layer_norm_z(pair[:, r0 : r0 + rows])
+        return pair
+
     def forward(
-        self, evoformer_output_dict: dict[str, Tensor], aatype: Tensor, mask: Tensor | None = None
+        self,
+        evoformer_output_dict: dict[str, Tensor],
+        aatype: Tensor,
+        mask: Tensor | None = None,
+        pair_is_scratch: bool = False,
     ) -> dict[str, Tensor]:
         """
         Args:
             evoformer_output_dict: ``{"single": [B, L, c_s], "pair": [B, L, L, c_z]}``.
             aatype: ``[B, L]`` residue types 0-20.
             mask: ``[B, L]`` residue mask (1 = residue, 0 = padding); all ones if ``None``.
+            pair_is_scratch: the caller no longer needs ``pair``: without autograd it is layer-normed in place.
         Returns:
             Per block, stacked on a leading ``num_blocks`` axis: ``frames [n, B, L, 7]`` (unit
             quaternion, translation in Angstrom), ``sidechain_frames [n, B, L, 8, 4, 4]``,
@@ -266,7 +286,7 @@ class StructureModule(nn.Module):
         atom_mask, lit_positions = self.atom_mask.to(fd), self.lit_positions.to(fd)
 
         s = self.layer_norm_s(s)  # [B, L, c_s]
-        z = self.layer_norm_z(evoformer_output_dict["pair"])  # [B, L, L, c_z]
+        z = self._normalized_pair(evoformer_output_dict["pair"], pair_is_scratch)  # [B, L, L, c_z]
         pair_bias = self.ipa.pair_bias(z, mask)  # [B, H, L, L], shared by all blocks
         s_initial = s
         s = self.linear_in(s)

@@ -43,6 +43,13 @@ def check_triton_device(device: torch.device | str) -> None:
     raise RuntimeError(f"backend='triton' cannot run on device {device}")
 
 
+def cuda_arch(device: torch.device | str | None = None) -> int:
+    """``major * 10 + minor`` of a CUDA device (90 for H100, 80 for A100): launchers pick tiles by it."""
+    device = torch.device("cuda") if device is None else torch.device(device)
+    major, minor = torch.cuda.get_device_capability(device)
+    return major * 10 + minor
+
+
 @dataclass(frozen=True)
 class AOTConfig:
     """One kernel launch configuration, as the model launches it, for ahead-of-time compilation.
@@ -50,6 +57,8 @@ class AOTConfig:
     ``signature`` maps every non-constexpr argument name to a Triton type string (``"*fp32"``,
     ``"i32"``, ``"fp32"``); ``constexprs`` gives the constexpr arguments' values. ``uses_dot`` marks
     kernels that multiply matrices (``tl.dot``), which must reach tensor cores on sm_90.
+    Tiles can differ by architecture: an op module's ``aot_configs(arch)`` lists what its launcher
+    launches on ``sm_<arch>`` (see :func:`cuda_arch`).
     """
 
     name: str

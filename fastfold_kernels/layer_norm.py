@@ -225,17 +225,27 @@ def layer_norm_torch(
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
-# Widths the model normalises: ESM-2 embed dims (320..5120), trunk c_s 1024 and c_z 128, structure
-# module c_s 384. The LM runs in fp16/bf16/fp32, the trunk in fp32 or bf16.
-_MODEL_WIDTHS = (128, 320, 384, 480, 640, 1024, 1280, 2560, 5120)
+# Widths the model normalises with this kernel: ESM-2 embed dims (320..5120), trunk c_s 1024 and c_z
+# 128 (the structure module's LayerNorms are nn.LayerNorm). The LM runs in fp16/bf16/fp32, the trunk
+# in fp32 or bf16.
+_MODEL_WIDTHS = (128, 320, 480, 640, 1024, 1280, 2560, 5120)
 _TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
+def _launch_shapes(widths=_MODEL_WIDTHS) -> dict[tuple[int, int, int], list[int]]:
+    """``_block_shape`` -> the widths launched with it. C is a runtime argument, so widths sharing a
+    block shape (320/480 -> 512 columns) run one and the same compiled kernel."""
+    shapes: dict[tuple[int, int, int], list[int]] = {}
+    for C in widths:
+        shapes.setdefault(_block_shape(C), []).append(C)
+    return shapes
+
+
 def aot_configs() -> list[AOTConfig]:
-    """Every LayerNorm kernel configuration the model launches (bias always present there)."""
+    """Every distinct LayerNorm kernel the model launches (bias always present there), named by the
+    widths it serves; the same on every architecture."""
     configs = []
-    for C in _MODEL_WIDTHS:
-        block_r, block_c, num_warps = _block_shape(C)
+    for (block_r, block_c, num_warps), widths in _launch_shapes().items():
         for tdt in _TRITON_DTYPES.values():
             for has_res in (False, True):
                 ptr = f"*{tdt}"
@@ -246,7 +256,7 @@ def aot_configs() -> list[AOTConfig]:
                 }  # fmt: skip
                 configs.append(
                     AOTConfig(
-                        name=f"layer_norm_C{C}_{tdt}{'_res' if has_res else ''}",
+                        name=f"layer_norm_C{'-'.join(map(str, widths))}_{tdt}{'_res' if has_res else ''}",
                         fn=_layer_norm_fwd_kernel,
                         signature=signature,
                         constexprs={"HAS_RES": has_res, "HAS_BIAS": True, "BLOCK_R": block_r, "BLOCK_C": block_c},

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._runtime import AOTConfig, interpreting
+from ._runtime import AOTConfig, cuda_arch, interpreting
 
 __all__ = [
     "rotary_attention",
@@ -94,39 +94,51 @@ def rotary_attention_reference(q, k, v, cos, sin, key_padding_mask=None, scale=N
 # --------------------------------------------------------------------------------------------
 
 
-def _rotary_into(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x: [B, L, H, D]`` into a fresh contiguous ``[B, H, L, D]`` buffer (x's dtype).
+def _qk_pair(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """q and k as one [2, B, L, H, D] tensor: a free view when they are equally strided slices of
+    one buffer (the fused qkv projection's output), else a stacked copy."""
+    if (
+        q.dtype == k.dtype
+        and q.device == k.device
+        and q.stride() == k.stride()
+        and k.storage_offset() > q.storage_offset()
+        and q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr()
+    ):
+        return q.as_strided((2, *q.shape), (k.storage_offset() - q.storage_offset(), *q.stride()))
+    return torch.stack((q, k))
 
-    Works on the two halves directly, so no ``rotate_half`` concatenation is allocated; the
-    products promote to fp32 with the fp32 tables and round once on the store.
+
+def _rotary_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate q and k ([B, L, H, D]) together into one fresh contiguous [2, B, L, H, D] buffer.
+
+    Three elementwise passes in all (few ops matter on CPU: every op pays a thread-pool
+    synchronisation): out = x*cos, then out1 -= x2*sin1 and out2 += x1*sin2 on the halves, which is
+    x*cos + rotate_half(x)*sin without building rotate_half(x). fp32 tables: half inputs are
+    multiplied in fp32 and rounded on each store.
     """
-    B, L, H, D = x.shape
-    h = D // 2
-    xh = x.transpose(1, 2)  # [B, H, L, D] view
-    x1, x2 = xh[..., :h], xh[..., h:]
-    out = torch.empty((B, H, L, D), dtype=x.dtype, device=x.device)
-    o1, o2 = out[..., :h], out[..., h:]
-    # out1 = x1*cos1 - x2*sin1 ; out2 = x2*cos2 + x1*sin2   (== x*cos + rotate_half(x)*sin)
-    torch.mul(x1, cos[:, :h], out=o1)
-    o1.sub_(x2 * sin[:, :h])
-    torch.mul(x2, cos[:, h:], out=o2)
-    o2.add_(x1 * sin[:, h:])
+    pair = _qk_pair(q, k)  # [2, B, L, H, D]
+    h = q.shape[-1] // 2
+    out = torch.empty(pair.shape, dtype=q.dtype, device=q.device)  # [2, B, L, H, D]
+    cos, sin = cos[:, None], sin[:, None]  # [L, 1, D]: broadcast over (2, B) and the heads
+    torch.mul(pair, cos, out=out)
+    out[..., :h].addcmul_(pair[..., h:], sin[..., :h], value=-1.0)
+    out[..., h:].addcmul_(pair[..., :h], sin[..., h:])
     return out
 
 
 def rotary_attention_torch(q, k, v, cos, sin, key_padding_mask=None, scale=None):
     """Rotary, then ``F.scaled_dot_product_attention`` (fused softmax, no [L, L] copy on CPU).
 
-    Same signature and semantics as :func:`rotary_attention`. Returns a [B, L, H, D] view of a
-    [B, H, L, D] buffer (the caller's head merge does its one copy).
+    Same signature and semantics as :func:`rotary_attention`. Returns [B, L, H, D]: the rotated
+    q and k are [B, H, L, D] views of [B, L, H, D] buffers, and SDPA's output takes the query's
+    layout, so on CPU the result is contiguous and the caller's head merge costs no copy.
     """
     _check_inputs(q, k, v, cos, sin, key_padding_mask)
     D = q.shape[-1]
     scale = D**-0.5 if scale is None else scale
     cos = cos.to(device=q.device, dtype=torch.float32)
     sin = sin.to(device=q.device, dtype=torch.float32)
-    qr = _rotary_into(q, cos, sin)  # [B, H, L, D]
-    kr = _rotary_into(k, cos, sin)  # [B, H, L, D]
+    qr, kr = _rotary_qk(q, k, cos, sin).transpose(2, 3).unbind(0)  # [B, H, L, D] views
     attn_mask = None
     if key_padding_mask is not None:
         attn_mask = ~key_padding_mask.bool()[:, None, None, :]  # [B, 1, 1, L], True = attend
@@ -261,25 +273,32 @@ def _blocks(D: int) -> dict:
     return dict(BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_H=max(16, triton.next_power_of_2(D // 2)))
 
 
-def _cuda_tiles(D: int, dtype: torch.dtype) -> dict:
-    """Tile sizes, warps and stages of the CUDA launch for one head dim and dtype.
+def _cuda_tiles(D: int, dtype: torch.dtype, arch: int = 90) -> dict:
+    """Tile sizes, warps and stages of the CUDA launch on sm_<arch> for one head dim and dtype.
 
-    Chosen from sm_90 AOT compiles (cuobjdump -res-usage): the largest tiles without register spills.
+    Chosen from sm_90 and sm_80 AOT compiles (profiling/compile_report.py): the largest tiles
+    without register spills.
     """
     blocks = _blocks(D)
     if dtype == torch.float32:
         # ieee fp32 dots run on FMA units and hold whole tiles in registers: small tiles.
         return dict(BLOCK_M=32, BLOCK_N=32, num_warps=8 if D > 64 else 4, num_stages=1, **blocks)
+    if arch < 90:
+        # sm_80's mma.sync operands and the fp32 rotary halves share the register file: at D = 128
+        # 16-key tiles, and one stage fewer for the smallest heads, keep them from spilling.
+        if D > 64:
+            return dict(BLOCK_M=128, BLOCK_N=16, num_warps=8, num_stages=2, **blocks)
+        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2 if D <= 16 else 3, **blocks)
     if D > 64:
         return dict(BLOCK_M=128, BLOCK_N=32, num_warps=8, num_stages=2, **blocks)
     return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, **blocks)
 
 
-def _launch_config(D: int, dtype: torch.dtype) -> dict:
+def _launch_config(D: int, dtype: torch.dtype, device: torch.device) -> dict:
     """The launch's tiles; the interpreter gets small ones so short test sequences loop over tiles."""
     if interpreting():
         return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1, **_blocks(D))
-    return _cuda_tiles(D, dtype)
+    return _cuda_tiles(D, dtype, cuda_arch(device))
 
 
 def rotary_attention(q, k, v, cos, sin, key_padding_mask=None, scale=None, out=None):
@@ -317,7 +336,7 @@ def rotary_attention(q, k, v, cos, sin, key_padding_mask=None, scale=None, out=N
         mask, stride_mb = q, 0  # never read: HAS_MASK is False
     if B * L * H == 0:
         return out
-    cfg = _launch_config(D, q.dtype)
+    cfg = _launch_config(D, q.dtype, q.device)
     grid = (triton.cdiv(L, cfg["BLOCK_M"]) * B * H,)
     _rotary_attention_fwd[grid](
         q, k, v, cos, sin, mask, out,
@@ -343,15 +362,20 @@ def rotary_attention(q, k, v, cos, sin, key_padding_mask=None, scale=None, out=N
 _TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
-def aot_configs() -> list[AOTConfig]:
-    """Every launch of :func:`rotary_attention` the ESM-2 models make (CUDA tile choices).
+def aot_configs(arch: int = 90) -> list[AOTConfig]:
+    """Every distinct launch of :func:`rotary_attention` the ESM-2 models make on sm_<arch>.
 
-    Head dims of all ESM-2 sizes x fp16 (ESMFold's LM) / bf16 / fp32 x with and without padding mask.
+    Head dims of all ESM-2 sizes x fp16 (ESMFold's LM) / bf16 / fp32 x with and without padding
+    mask. D is a runtime argument, so head dims with the same tiles (24 and 32: both pad to 32)
+    run one compiled kernel, listed once and named by the dims it serves.
     """
     configs = []
     for dtype, tname in _TRITON_DTYPE.items():
+        by_tiles: dict[tuple, list[int]] = {}
         for D in _HEAD_DIMS:
-            tiles = _cuda_tiles(D, dtype)
+            by_tiles.setdefault(tuple(sorted(_cuda_tiles(D, dtype, arch).items())), []).append(D)
+        for tile_items, dims in by_tiles.items():
+            tiles = dict(tile_items)
             for has_mask in (False, True):
                 signature = {
                     "q_ptr": f"*{tname}", "k_ptr": f"*{tname}", "v_ptr": f"*{tname}",
@@ -368,7 +392,7 @@ def aot_configs() -> list[AOTConfig]:
                 signature["qk_scale"] = "fp32"
                 configs.append(
                     AOTConfig(
-                        name=f"rotary_attention_fwd_{tname}_d{D}{'_mask' if has_mask else ''}",
+                        name=f"rotary_attention_fwd_{tname}_d{'-'.join(map(str, dims))}{'_mask' if has_mask else ''}",
                         fn=_rotary_attention_fwd,
                         signature=signature,
                         constexprs=dict(

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from . import rotary_attention as _rotary
-from ._runtime import AOTConfig, interpreting
+from ._runtime import AOTConfig, cuda_arch, interpreting
 from .rotary_attention import _dot
 
 __all__ = [
@@ -210,10 +210,11 @@ def _triangle_attention_fwd(
     tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
 
 
-def _cuda_tiles(D: int, dtype: torch.dtype) -> dict:
-    """Tile sizes, warps and stages of the CUDA launch (ESMFold's H=4 / H=32 with D=32).
+def _cuda_tiles(D: int, dtype: torch.dtype, arch: int = 90) -> dict:
+    """Tile sizes, warps and stages of the CUDA launch on sm_<arch> (ESMFold's H=4 / H=32 with D=32).
 
-    Chosen from sm_90 AOT compiles (cuobjdump -res-usage): the largest tiles without register spills.
+    Chosen from sm_90 and sm_80 AOT compiles (profiling/compile_report.py): the largest tiles
+    without register spills.
     """
     block_d = max(16, triton.next_power_of_2(D))
     if dtype == torch.float32:
@@ -221,15 +222,17 @@ def _cuda_tiles(D: int, dtype: torch.dtype) -> dict:
         return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=block_d, num_warps=8, num_stages=2)
     if block_d > 64:
         return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=block_d, num_warps=4, num_stages=2)
-    return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=block_d, num_warps=8, num_stages=3)
+    # sm_80's mma.sync keeps the logits tile in registers: 64 keys with the mask spill there.
+    block_n = 64 if arch >= 90 else 32
+    return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=8, num_stages=3)
 
 
-def _launch_config(D: int, dtype: torch.dtype) -> dict:
+def _launch_config(D: int, dtype: torch.dtype, device: torch.device) -> dict:
     """The launch's tiles; the interpreter gets small ones so short test rows loop over tiles."""
     if interpreting():
         block_d = max(16, triton.next_power_of_2(D))
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=4, num_stages=1)
-    return _cuda_tiles(D, dtype)
+    return _cuda_tiles(D, dtype, cuda_arch(device))
 
 
 def triangle_attention(q, k, v, bias, mask=None, scale=None, chunk_size=None, out=None):
@@ -267,7 +270,7 @@ def triangle_attention(q, k, v, bias, mask=None, scale=None, chunk_size=None, ou
         mask_t, stride_mb, stride_mi = q, 0, 0  # never read: HAS_MASK is False
     if B * I * J * H == 0:
         return out
-    cfg = _launch_config(D, q.dtype)
+    cfg = _launch_config(D, q.dtype, q.device)
     grid = (triton.cdiv(J, cfg["BLOCK_M"]) * B * I * H,)
     _triangle_attention_fwd[grid](
         q, k, v, bias, mask_t, out,
@@ -301,8 +304,8 @@ _STRIDE_ARGS = (
 )
 
 
-def aot_configs() -> list[AOTConfig]:
-    """Every launch of :func:`triangle_attention` ESMFold makes on CUDA.
+def aot_configs(arch: int = 90) -> list[AOTConfig]:
+    """Every launch of :func:`triangle_attention` ESMFold makes on sm_<arch>.
 
     D = 32 covers both the trunk's triangle attention (H = 4) and the pair-biased sequence
     attention (H = 32; H is a runtime argument). fp32 (the reference trunk precision), bf16 and
@@ -310,7 +313,7 @@ def aot_configs() -> list[AOTConfig]:
     """
     configs = []
     for dtype, tname in _TRITON_DTYPE.items():
-        tiles = _cuda_tiles(32, dtype)
+        tiles = _cuda_tiles(32, dtype, arch)
         for has_mask in (False, True):
             signature = {
                 "q_ptr": f"*{tname}", "k_ptr": f"*{tname}", "v_ptr": f"*{tname}",

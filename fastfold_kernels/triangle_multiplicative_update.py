@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._runtime import AOTConfig, interpreting
+from ._runtime import AOTConfig, cuda_arch, interpreting
 from .layer_norm import cast_rne, layer_norm_reference
 
 
@@ -105,21 +105,34 @@ def triangle_multiplicative_update_reference(
     return F.linear(xn, wt.z_weight, wt.z_bias) * gate
 
 
-# CPU working-set sizes for the torch path: rows of the pair tensor handled at once (a few MB, so the
-# LayerNorm output and projections stay cache-warm) and the budget for the a/b channel chunks.
-_TORCH_ROW_BLOCK_ELEMS = 1 << 20
-_TORCH_AB_CHUNK_FRACTION = 4  # a and b chunks together hold at most 2/4 of a pair tensor
+# CPU working set of the torch path: elements of one row block's widest temporary (a few MB, so the
+# LayerNorm output, projections and the block of x stay cache-warm while the GEMMs stay wide).
+_TORCH_ROW_BLOCK_ELEMS = 1 << 21
 
 
-def _default_channel_chunk(c_h: int, L: int) -> int:
-    """Channel chunk for the torch path: all channels for short chains, else a quarter."""
-    if L <= 256:
-        return c_h
-    return max(1, c_h // _TORCH_AB_CHUNK_FRACTION)
+def _row_block(L: int, c: int, chunk_size: int | None) -> int:
+    rows = max(1, _TORCH_ROW_BLOCK_ELEMS // max(1, L * c))
+    if chunk_size:
+        rows = min(rows, int(chunk_size))
+    return max(1, min(L, rows))
 
 
-def _row_block(L: int, c: int) -> int:
-    return max(1, min(L, _TORCH_ROW_BLOCK_ELEMS // max(1, L * c)))
+def _gated_projection_into(
+    dst: torch.Tensor, zn: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """``dst = mask * sigmoid(zn @ gate_w^T + gate_b) * (zn @ proj_w^T + proj_b)``, channel-major.
+
+    zn [R, L, c_z]; w2 [2 c_h, c_z] = [proj; gate] (b2 likewise); mask [R, L] or None; dst [c_h, R, L].
+    The GEMM writes channel-major so the gating runs on contiguous rows and lands in ``dst`` without a
+    transposing copy.
+    """
+    c_h, R, L = dst.shape
+    p = torch.addmm(b2[:, None], w2, zn.reshape(-1, zn.shape[-1]).t()).view(2, c_h, R, L)  # [2, c_h, R, L]
+    proj, gate = p[0], p[1]
+    gate.sigmoid_()
+    if mask is not None:
+        gate.mul_(mask)  # [R, L] broadcast over channels
+    return torch.mul(gate, proj, out=dst)
 
 
 def triangle_multiplicative_update_torch(
@@ -129,76 +142,82 @@ def triangle_multiplicative_update_torch(
     outgoing: bool = True,
     eps: float = 1e-5,
     chunk_size: int | None = None,
+    add_into_z: bool = False,
 ) -> torch.Tensor:
-    """Algorithms 11/12 in memory-lean PyTorch. ``chunk_size``: hidden channels per pass (None: auto).
+    """Algorithms 11/12 in memory-lean PyTorch. ``chunk_size``: pair rows per block (None: auto).
 
-    The hidden channels are processed in chunks: for each chunk, a and b are built channel-major
-    ([B, n, L, L], so the L x L x L product is one batched GEMM with no permute copies of its operands)
-    from LN_in(z) recomputed row block by row block, and the chunk of x lands in its channels of the
-    x buffer. The x buffer is the output tensor itself whenever it can hold x (c_h == c_z and z not
-    fp16), and the last pass overwrites it row block by row block with the gated output projection,
-    recomputing LN_in(z) for the g gate, so neither LN_in(z) nor g is ever stored whole. Extra memory:
-    the output plus the a/b chunks plus one row block.
+    Both directions are one computation on a view ``v`` of z (z itself for outgoing, z^T for incoming):
+    ``y[j, i] = sum_k r[j, k] f[i, k]`` where the *row operand* r comes from rows j of v and the *full
+    operand* f from all of v (outgoing: r = a, f = b, y = x; incoming: r = b, f = a, y = x^T, since
+    a[k, i] = a_v[i, k]). So f is built once, channel-major [B, c_h, L, L], and then v is walked row
+    block by row block: r, the g gate and LN_in are computed from that block of v alone, the product is
+    one batched GEMM over channels, and the gated output lands in that block of the result.
+
+    With ``add_into_z`` the result is added into z in place and z is returned: every block of v is read
+    before it is written, and f was built before any write, so this equals ``z + update``. Extra memory
+    is then f (one pair tensor at c_h == c_z) plus a few row-block temporaries; otherwise a separate
+    update tensor is returned as well. Differentiable only without ``add_into_z``.
     """
     B, L, c_z, c_h = _check_inputs(z, mask, w)
     dt = z.dtype
     wt = TriMulWeights(*(t.to(dt) for t in w))
-    ln_w, ln_b = wt.ln_in_weight, wt.ln_in_bias
-    out = torch.empty((B, L, L, c_z), dtype=dt, device=z.device)
     # x in fp16 overflows before LN_out; bf16/fp32 have the range.
     x_dtype = torch.float32 if dt == torch.float16 else dt
-    share = c_h == c_z and x_dtype == dt
-    x = out if share else torch.empty((B, L, L, c_h), dtype=x_dtype, device=z.device)  # [B, L, L, c_h]
-    maskf = mask.to(dt) if mask is not None else None  # [B, L, L]
+    v = z if outgoing else z.transpose(1, 2)  # [B, L, L, c_z]; rows of v are the rows the update fills
+    mv = None if mask is None else (mask if outgoing else mask.transpose(1, 2)).to(dt)  # [B, L, L]
+    if outgoing:
+        row_w, row_b = (wt.a_p_weight, wt.a_g_weight), (wt.a_p_bias, wt.a_g_bias)
+        full_w, full_b = (wt.b_p_weight, wt.b_g_weight), (wt.b_p_bias, wt.b_g_bias)
+    else:
+        row_w, row_b = (wt.b_p_weight, wt.b_g_weight), (wt.b_p_bias, wt.b_g_bias)
+        full_w, full_b = (wt.a_p_weight, wt.a_g_weight), (wt.a_p_bias, wt.a_g_bias)
+    # Row-block GEMM weights: [r_proj; r_gate] then the output gate g, one addmm per block.
+    w_row, b_row = torch.cat(row_w), torch.cat(row_b)  # [2 c_h, c_z]
+    w_full, b_full = torch.cat(full_w), torch.cat(full_b)
+    ln_w, ln_b = wt.ln_in_weight, wt.ln_in_bias
+    ln_out_w, ln_out_b = w.ln_out_weight.to(x_dtype), w.ln_out_bias.to(x_dtype)
+    rows = _row_block(L, max(c_z, c_h), chunk_size)
 
-    n_chunk = chunk_size if chunk_size else _default_channel_chunk(c_h, L)
-    rows = _row_block(L, c_z)
-    for c0 in range(0, c_h, n_chunk):
-        c1 = min(c_h, c0 + n_chunk)
-        n = c1 - c0
-        # One GEMM for the four projections of this chunk: rows [a_p; a_g; b_p; b_g].
-        w4 = torch.cat([wt.a_p_weight[c0:c1], wt.a_g_weight[c0:c1], wt.b_p_weight[c0:c1], wt.b_g_weight[c0:c1]])
-        b4 = torch.cat([wt.a_p_bias[c0:c1], wt.a_g_bias[c0:c1], wt.b_p_bias[c0:c1], wt.b_g_bias[c0:c1]])
-        a = torch.empty((B, n, L, L), dtype=dt, device=z.device)  # channel-major
-        b = torch.empty((B, n, L, L), dtype=dt, device=z.device)
-        for r0 in range(0, L, rows):
-            r1 = min(L, r0 + rows)
-            zn = F.layer_norm(z[:, r0:r1], (c_z,), ln_w, ln_b, eps)  # [B, R, L, c_z]
-            for bi in range(B):
-                # Channel-major GEMM output: the gating below runs on contiguous rows and lands in a, b
-                # without a transposing copy.
-                p = torch.addmm(b4[:, None], w4, zn[bi].reshape(-1, c_z).t())  # [4n, R*L]
-                p = p.view(4, n, r1 - r0, L)
-                for dst, proj, gate in ((a, p[0], p[1]), (b, p[2], p[3])):
-                    gate.sigmoid_()
-                    if maskf is not None:
-                        gate.mul_(maskf[bi, r0:r1])  # [R, L] broadcast over channels
-                    torch.mul(gate, proj, out=dst[bi, :, r0:r1])  # [n, R, L]
-            del zn, p
-        if x_dtype != dt:
-            a, b = a.to(x_dtype), b.to(x_dtype)
-        if outgoing:
-            xc = torch.matmul(a, b.transpose(-1, -2))  # [B, n, L, L]: sum_k a[i,k] b[j,k]
-        else:
-            xc = torch.matmul(a.transpose(-1, -2), b)  # [B, n, L, L]: sum_k a[k,i] b[k,j]
-        del a, b
-        x[..., c0:c1].copy_(xc.permute(0, 2, 3, 1))
-        del xc
-
-    rows = _row_block(L, max(c_z, c_h))
+    # 1. The full operand from the unmodified z.
+    full = torch.empty((B, c_h, L, L), dtype=dt, device=z.device)  # channel-major [B, c_h, i, k]
     for r0 in range(0, L, rows):
         r1 = min(L, r0 + rows)
-        xr = x[:, r0:r1]  # [B, R, L, c_h]
-        xn = F.layer_norm(xr, (c_h,), w.ln_out_weight.to(x_dtype), w.ln_out_bias.to(x_dtype), eps).to(dt)
-        upd = F.linear(xn, wt.z_weight, wt.z_bias)  # [B, R, L, c_z]
-        del xn
-        zn = F.layer_norm(z[:, r0:r1], (c_z,), ln_w, ln_b, eps)
-        gate = F.linear(zn, wt.g_weight, wt.g_bias).sigmoid_()  # [B, R, L, c_z]
-        del zn
-        torch.mul(upd, gate, out=out[:, r0:r1])
-        del upd, gate
-    return out
+        zn = F.layer_norm(v[:, r0:r1], (c_z,), ln_w, ln_b, eps)  # [B, R, L, c_z]
+        for bi in range(B):
+            m = None if mv is None else mv[bi, r0:r1]
+            _gated_projection_into(full[bi, :, r0:r1], zn[bi], w_full, b_full, m)
+    if x_dtype != dt:
+        full = full.to(x_dtype)
 
+    # 2. Row blocks of v: row operand, product, LN_out, output projection, g gate.
+    if add_into_z:
+        dest = v
+    else:
+        out = torch.empty((B, L, L, c_z), dtype=dt, device=z.device)
+        dest = out if outgoing else out.transpose(1, 2)
+    row_op = torch.empty((c_h, rows, L), dtype=dt, device=z.device)
+    for r0 in range(0, L, rows):
+        r1 = min(L, r0 + rows)
+        n = r1 - r0
+        zn = F.layer_norm(v[:, r0:r1], (c_z,), ln_w, ln_b, eps)  # [B, R, L, c_z]
+        gate = F.linear(zn, wt.g_weight, wt.g_bias).sigmoid_()  # [B, R, L, c_z]
+        for bi in range(B):
+            m = None if mv is None else mv[bi, r0:r1]
+            r = _gated_projection_into(row_op[:, :n], zn[bi], w_row, b_row, m).to(x_dtype)  # [c_h, R, L(k)]
+            y = torch.bmm(r, full[bi].transpose(1, 2))  # [c_h, R, L(i)]
+            yn = F.layer_norm(y.permute(1, 2, 0), (c_h,), ln_out_w, ln_out_b, eps).to(dt)  # [R, L, c_h]
+            del y
+            upd = F.linear(yn, wt.z_weight, wt.z_bias).mul_(gate[bi])  # [R, L, c_z]
+            if add_into_z:
+                dest[bi, r0:r1] += upd
+            else:
+                dest[bi, r0:r1] = upd
+        del zn, gate
+    return z if add_into_z else out
+
+
+# Lets model code ask for the in-place form without knowing which backend it runs.
+triangle_multiplicative_update_torch.supports_add_into_z = True
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -249,6 +268,44 @@ def _linear_t(x, w_ptr, b_ptr, offs_in, in_ok, offs_out, out_ok, n_in, DOT_PRECI
 
 
 @triton.jit
+def _ln_linear4_chunked(
+    z_rows, mean, rstd, LnW, LnB, offs_c0, offs_h, h_ok, p_ok,
+    Wap, Bap, Wag, Bag, Wbp, Bbp, Wbg, Bbg,
+    C_Z: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+):
+    """The four projections LN_in(z) @ W^T + b for channels ``offs_h``, streaming c_z in BLOCK_K slices.
+
+    ``z_rows`` points at the tile's rows [BLOCK_P, 1]; LN_in(z) is recomputed slice by slice from the
+    row statistics (the same per-element arithmetic as :func:`_ln_rows`). A dot over the whole c_z
+    keeps a [16, c_z] operand fragment per warp (three of them for 3xTF32): on sm_80 that spills.
+    """
+    acc_ap = tl.zeros([BLOCK_P, BLOCK_H], tl.float32)
+    acc_ag = tl.zeros([BLOCK_P, BLOCK_H], tl.float32)
+    acc_bp = tl.zeros([BLOCK_P, BLOCK_H], tl.float32)
+    acc_bg = tl.zeros([BLOCK_P, BLOCK_H], tl.float32)
+    for k0 in range(0, C_Z, BLOCK_K):
+        offs_k = k0 + offs_c0  # [BLOCK_K]
+        k_ok = offs_k < C_Z
+        z = tl.load(z_rows + offs_k[None, :], mask=p_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+        lw = tl.load(LnW + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+        lb = tl.load(LnB + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+        diff = tl.where(k_ok[None, :], z - mean[:, None], 0.0)
+        zn = cast_rne(diff * rstd[:, None] * lw[None, :] + lb[None, :], DOT_DTYPE)  # [BLOCK_P, BLOCK_K]
+        w_ptrs = offs_h[None, :] * C_Z + offs_k[:, None]  # [BLOCK_K, BLOCK_H]: W^T slice
+        w_ok = k_ok[:, None] & h_ok[None, :]
+        acc_ap = _dot(zn, tl.load(Wap + w_ptrs, mask=w_ok, other=0.0), acc_ap, DOT_PRECISION, DOT_UPCAST)
+        acc_ag = _dot(zn, tl.load(Wag + w_ptrs, mask=w_ok, other=0.0), acc_ag, DOT_PRECISION, DOT_UPCAST)
+        acc_bp = _dot(zn, tl.load(Wbp + w_ptrs, mask=w_ok, other=0.0), acc_bp, DOT_PRECISION, DOT_UPCAST)
+        acc_bg = _dot(zn, tl.load(Wbg + w_ptrs, mask=w_ok, other=0.0), acc_bg, DOT_PRECISION, DOT_UPCAST)
+    a_p = acc_ap + tl.load(Bap + offs_h, mask=h_ok, other=0.0).to(tl.float32)[None, :]
+    a_g = acc_ag + tl.load(Bag + offs_h, mask=h_ok, other=0.0).to(tl.float32)[None, :]
+    b_p = acc_bp + tl.load(Bbp + offs_h, mask=h_ok, other=0.0).to(tl.float32)[None, :]
+    b_g = acc_bg + tl.load(Bbg + offs_h, mask=h_ok, other=0.0).to(tl.float32)[None, :]
+    return a_p, a_g, b_p, b_g
+
+
+@triton.jit
 def _trimul_project_kernel(
     Z,  # *dtype [B, L*L, C_Z] contiguous
     Mask,  # *fp32 [B, L*L] (unused unless HAS_MASK)
@@ -265,11 +322,16 @@ def _trimul_project_kernel(
     BLOCK_CZ: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     HAS_MASK: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
 ):
-    """Kernel 1: a, b of Algorithms 11/12 lines 2-3 for BLOCK_P pair positions and channels [h_start, +n_h)."""
+    """Kernel 1: a, b of Algorithms 11/12 lines 2-3 for BLOCK_P pair positions and channels [h_start, +n_h).
+
+    BLOCK_K == BLOCK_CZ: LN_in(z) is held whole and each projection is one dot over c_z; a smaller
+    BLOCK_K streams c_z in slices (see :func:`_ln_linear4_chunked`).
+    """
     pid_p = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_p = pid_p.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)  # [BLOCK_P] positions i * L + j
@@ -277,10 +339,15 @@ def _trimul_project_kernel(
     offs_c = tl.arange(0, BLOCK_CZ)
     c_ok = offs_c < C_Z
 
-    z = tl.load(
-        Z + pid_b * LL * C_Z + offs_p[:, None] * C_Z + offs_c[None, :], mask=p_ok[:, None] & c_ok[None, :], other=0.0
-    ).to(tl.float32)  # [BLOCK_P, BLOCK_CZ]
-    zn = cast_rne(_ln_rows(z, LnW, LnB, offs_c, c_ok, C_Z, eps), A.dtype.element_ty)  # dot operands in z's dtype
+    z_rows = Z + pid_b * LL * C_Z + offs_p[:, None] * C_Z  # [BLOCK_P, 1]
+    z = tl.load(z_rows + offs_c[None, :], mask=p_ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+    # [BLOCK_P, BLOCK_CZ]
+    if BLOCK_K == BLOCK_CZ:
+        zn = cast_rne(_ln_rows(z, LnW, LnB, offs_c, c_ok, C_Z, eps), A.dtype.element_ty)  # dot operands in z's dtype
+    else:
+        mean = tl.sum(z, axis=1) / C_Z  # [BLOCK_P]
+        diff = tl.where(c_ok[None, :], z - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=1) / C_Z + eps)  # [BLOCK_P]
     if HAS_MASK:
         m = tl.load(Mask + pid_b * LL + offs_p, mask=p_ok, other=0.0)  # [BLOCK_P]
     else:
@@ -291,14 +358,23 @@ def _trimul_project_kernel(
         offs_hl = h0 + tl.arange(0, BLOCK_H)  # [BLOCK_H] channel within the chunk
         h_ok = offs_hl < n_h
         offs_h = h_start + offs_hl  # channel within c_h
-        a_p = _linear_t(zn, Wap, Bap, offs_c, c_ok, offs_h, h_ok, C_Z, DOT_PRECISION, DOT_UPCAST)  # [BLOCK_P, BLOCK_H]
-        a_g = _linear_t(zn, Wag, Bag, offs_c, c_ok, offs_h, h_ok, C_Z, DOT_PRECISION, DOT_UPCAST)
-        a = tl.sigmoid(a_g) * a_p * m[:, None]
         ptrs = out_base + offs_hl[None, :].to(tl.int64) * LL + offs_p[:, None]  # [BLOCK_P, BLOCK_H]
         st_ok = p_ok[:, None] & h_ok[None, :]
-        tl.store(A + ptrs, cast_rne(a, A.dtype.element_ty), mask=st_ok)
-        b_p = _linear_t(zn, Wbp, Bbp, offs_c, c_ok, offs_h, h_ok, C_Z, DOT_PRECISION, DOT_UPCAST)
-        b_g = _linear_t(zn, Wbg, Bbg, offs_c, c_ok, offs_h, h_ok, C_Z, DOT_PRECISION, DOT_UPCAST)
+        if BLOCK_K == BLOCK_CZ:
+            a_p = _linear_t(zn, Wap, Bap, offs_c, c_ok, offs_h, h_ok, C_Z, DOT_PRECISION, DOT_UPCAST)  # [BLOCK_P, BLOCK_H]
+            a_g = _linear_t(zn, Wag, Bag, offs_c, c_ok, offs_h, h_ok, C_Z, DOT_PRECISION, DOT_UPCAST)
+            a = tl.sigmoid(a_g) * a_p * m[:, None]
+            tl.store(A + ptrs, cast_rne(a, A.dtype.element_ty), mask=st_ok)
+            b_p = _linear_t(zn, Wbp, Bbp, offs_c, c_ok, offs_h, h_ok, C_Z, DOT_PRECISION, DOT_UPCAST)
+            b_g = _linear_t(zn, Wbg, Bbg, offs_c, c_ok, offs_h, h_ok, C_Z, DOT_PRECISION, DOT_UPCAST)
+        else:
+            a_p, a_g, b_p, b_g = _ln_linear4_chunked(
+                z_rows, mean, rstd, LnW, LnB, tl.arange(0, BLOCK_K), offs_h, h_ok, p_ok,
+                Wap, Bap, Wag, Bag, Wbp, Bbp, Wbg, Bbg,
+                C_Z, BLOCK_P, BLOCK_H, BLOCK_K, A.dtype.element_ty, DOT_PRECISION, DOT_UPCAST,
+            )  # fmt: skip
+            a = tl.sigmoid(a_g) * a_p * m[:, None]
+            tl.store(A + ptrs, cast_rne(a, A.dtype.element_ty), mask=st_ok)
         b = tl.sigmoid(b_g) * b_p * m[:, None]
         tl.store(Bout + ptrs, cast_rne(b, Bout.dtype.element_ty), mask=st_ok)
 
@@ -366,12 +442,15 @@ def _trimul_output_kernel(
     BLOCK_CZ: tl.constexpr,
     BLOCK_CH: tl.constexpr,
     BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
 ):
     """Kernel 3: out = (LN_out(x) @ z_w^T + z_b) * sigmoid(LN_in(z) @ g_w^T + g_b) for BLOCK_P positions.
 
-    Every load of the tile precedes its store, so Out may alias X (in place, row tile by row tile).
+    The output channels are produced BLOCK_N at a time, so only two [BLOCK_P, BLOCK_N] accumulators
+    are live. The x and z tiles are loaded whole before the first store, so Out may alias X (in
+    place, row tile by row tile).
     """
     pid_p = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -389,11 +468,14 @@ def _trimul_output_kernel(
         Z + pid_b * LL * C_Z + offs_p[:, None] * C_Z + offs_c[None, :], mask=p_ok[:, None] & c_ok[None, :], other=0.0
     ).to(tl.float32)  # [BLOCK_P, BLOCK_CZ]
     xn = cast_rne(_ln_rows(x, LnOutW, LnOutB, offs_h, h_ok, C_H, eps), Out.dtype.element_ty)  # fp32 statistics
-    upd = _linear_t(xn, Wz, Bz, offs_h, h_ok, offs_c, c_ok, C_H, DOT_PRECISION, DOT_UPCAST)  # [BLOCK_P, BLOCK_CZ]
     zn = cast_rne(_ln_rows(z, LnInW, LnInB, offs_c, c_ok, C_Z, eps), Out.dtype.element_ty)
-    gate = tl.sigmoid(_linear_t(zn, Wg, Bg, offs_c, c_ok, offs_c, c_ok, C_Z, DOT_PRECISION, DOT_UPCAST))
-    out_ptrs = Out + pid_b * LL * C_Z + offs_p[:, None] * C_Z + offs_c[None, :]
-    tl.store(out_ptrs, cast_rne(upd * gate, Out.dtype.element_ty), mask=p_ok[:, None] & c_ok[None, :])
+    out_rows = Out + pid_b * LL * C_Z + offs_p[:, None] * C_Z  # [BLOCK_P, 1]
+    for n0 in range(0, C_Z, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)  # [BLOCK_N] output channels
+        n_ok = offs_n < C_Z
+        upd = _linear_t(xn, Wz, Bz, offs_h, h_ok, offs_n, n_ok, C_H, DOT_PRECISION, DOT_UPCAST)  # [BLOCK_P, BLOCK_N]
+        gate = tl.sigmoid(_linear_t(zn, Wg, Bg, offs_c, c_ok, offs_n, n_ok, C_Z, DOT_PRECISION, DOT_UPCAST))
+        tl.store(out_rows + offs_n[None, :], cast_rne(upd * gate, Out.dtype.element_ty), mask=p_ok[:, None] & n_ok[None, :])
 
 
 _TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -404,6 +486,7 @@ class _Blocks(NamedTuple):
 
     proj_p: int
     proj_h: int
+    proj_k: int  # c_z slice per projection dot; c_z's padded width = no slicing
     proj_warps: int
     proj_stages: int
     prod_m: int
@@ -412,16 +495,32 @@ class _Blocks(NamedTuple):
     prod_warps: int
     prod_stages: int
     out_p: int
+    out_n: int  # output channels per step of the output kernel
     out_warps: int
 
 
-def _blocks(dtype: torch.dtype) -> _Blocks:
-    # fp32 operands go through 3xTF32 (3 MMAs per product) and take twice the shared memory per
-    # element, so their tiles are halved. The projection kernel's loop streams four [c_z, 32] weight
-    # tiles per step: three stages of them in fp32 would pass the A100's 163 KB of shared memory.
+def _blocks(dtype: torch.dtype, arch: int, c_z: int = 128) -> _Blocks:
+    """Tiles for sm_<arch> (90: Hopper, below: Ampere-style mma.sync), chosen from AOT compiles
+    (profiling/compile_report.py) as the largest without register spills that keep tensor cores.
+
+    fp32 operands go through 3xTF32 (3 MMAs per product, hi/lo operand splits) and take twice the
+    shared memory per element. Hopper's wgmma needs 64 rows per warpgroup, so its row tiles stay at
+    64; sm_80's mma.sync holds a [16, K] operand fragment per warp in registers, so in fp32 the
+    projection streams c_z in 32-wide slices and the output kernel takes 32-row tiles.
+    """
+    block_cz = max(16, triton.next_power_of_2(c_z))
     if dtype == torch.float32:
-        return _Blocks(64, 32, 4, 1, 64, 64, 32, 4, 3, 32, 4)
-    return _Blocks(64, 32, 4, 2, 128, 128, 32, 8, 3, 64, 4)
+        if arch >= 90:
+            return _Blocks(64, 16, block_cz, 4, 1, 64, 64, 32, 4, 3, 64, 32, 4)
+        return _Blocks(64, 16, 32, 4, 1, 64, 64, 32, 4, 3, 32, 64, 8)
+    if arch >= 90:
+        return _Blocks(64, 32, block_cz, 4, 2, 128, 128, 32, 8, 3, 64, 128, 4)
+    return _Blocks(64, 32, block_cz, 4, 2, 128, 128, 32, 8, 3, 32, 128, 4)
+
+
+def _launch_blocks(dtype: torch.dtype, device: torch.device, c_z: int) -> _Blocks:
+    """The launch's tiles: the interpreter takes sm_90's (any fit; it ignores warps and stages)."""
+    return _blocks(dtype, 90 if interpreting() else cuda_arch(device), c_z)
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -458,7 +557,7 @@ def triangle_multiplicative_update(
     a = torch.empty((B, n_chunk, L, L), dtype=dt, device=z.device)
     b = torch.empty_like(a)
     LL = L * L
-    blk = _blocks(dt)
+    blk = _launch_blocks(dt, z.device, c_z)
     prec = _dot_precision(dt)
     upcast = dt == torch.bfloat16 and interpreting()
     block_cz = max(16, triton.next_power_of_2(c_z))
@@ -474,7 +573,7 @@ def triangle_multiplicative_update(
             wt.a_p_weight, wt.a_p_bias, wt.a_g_weight, wt.a_g_bias,
             wt.b_p_weight, wt.b_p_bias, wt.b_g_weight, wt.b_g_bias,
             a, b, LL, h0, n, n_chunk * LL, eps,
-            C_Z=c_z, C_H=c_h, BLOCK_CZ=block_cz, BLOCK_P=blk.proj_p, BLOCK_H=blk.proj_h,
+            C_Z=c_z, C_H=c_h, BLOCK_CZ=block_cz, BLOCK_P=blk.proj_p, BLOCK_H=blk.proj_h, BLOCK_K=blk.proj_k,
             HAS_MASK=mask is not None, DOT_PRECISION=prec, DOT_UPCAST=upcast,
             num_warps=blk.proj_warps, num_stages=blk.proj_stages,
         )  # fmt: skip
@@ -489,14 +588,15 @@ def triangle_multiplicative_update(
         x, z, wt.ln_in_weight, wt.ln_in_bias, w.ln_out_weight.to(torch.float32).contiguous(),
         w.ln_out_bias.to(torch.float32).contiguous(), wt.z_weight, wt.z_bias, wt.g_weight, wt.g_bias,
         out, LL, eps,
-        C_Z=c_z, C_H=c_h, BLOCK_CZ=block_cz, BLOCK_CH=block_ch, BLOCK_P=blk.out_p, DOT_PRECISION=prec, DOT_UPCAST=upcast,
+        C_Z=c_z, C_H=c_h, BLOCK_CZ=block_cz, BLOCK_CH=block_ch, BLOCK_P=blk.out_p, BLOCK_N=blk.out_n,
+        DOT_PRECISION=prec, DOT_UPCAST=upcast,
         num_warps=blk.out_warps, num_stages=1,
     )  # fmt: skip
     return out
 
 
-def aot_configs(c_z: int = 128, c_h: int = 128) -> list[AOTConfig]:
-    """Every triangle-multiplication kernel configuration ESMFold launches (c_z = c_hidden = 128).
+def aot_configs(arch: int = 90, c_z: int = 128, c_h: int = 128) -> list[AOTConfig]:
+    """Every triangle-multiplication kernel configuration ESMFold launches on sm_<arch> (c_z = c_hidden = 128).
 
     Per dtype: the projection kernel with and without a mask, the product kernel (its strides decide
     outgoing vs incoming, so one compile serves both) and the output kernel.
@@ -505,7 +605,7 @@ def aot_configs(c_z: int = 128, c_h: int = 128) -> list[AOTConfig]:
     block_cz = max(16, triton.next_power_of_2(c_z))
     block_ch = max(16, triton.next_power_of_2(c_h))
     for dt, tdt in _TRITON_DTYPES.items():
-        blk = _blocks(dt)
+        blk = _blocks(dt, arch, c_z)
         prec = _dot_precision(dt)
         ptr = f"*{tdt}"
         xptr = "*fp32" if dt == torch.float16 else ptr
@@ -522,7 +622,7 @@ def aot_configs(c_z: int = 128, c_h: int = 128) -> list[AOTConfig]:
                     },  # fmt: skip
                     constexprs={
                         "C_Z": c_z, "C_H": c_h, "BLOCK_CZ": block_cz, "BLOCK_P": blk.proj_p,
-                        "BLOCK_H": blk.proj_h, "HAS_MASK": has_mask, "DOT_PRECISION": prec, "DOT_UPCAST": False,
+                        "BLOCK_H": blk.proj_h, "BLOCK_K": blk.proj_k, "HAS_MASK": has_mask, "DOT_PRECISION": prec, "DOT_UPCAST": False,
                     },  # fmt: skip
                     num_warps=blk.proj_warps,
                     num_stages=blk.proj_stages,
@@ -557,7 +657,7 @@ def aot_configs(c_z: int = 128, c_h: int = 128) -> list[AOTConfig]:
                 },  # fmt: skip
                 constexprs={
                     "C_Z": c_z, "C_H": c_h, "BLOCK_CZ": block_cz, "BLOCK_CH": block_ch,
-                    "BLOCK_P": blk.out_p, "DOT_PRECISION": prec, "DOT_UPCAST": False,
+                    "BLOCK_P": blk.out_p, "BLOCK_N": blk.out_n, "DOT_PRECISION": prec, "DOT_UPCAST": False,
                 },  # fmt: skip
                 num_warps=blk.out_warps,
                 num_stages=1,

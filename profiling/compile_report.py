@@ -1,7 +1,8 @@
 """Ahead-of-time compile report for the Triton kernels: registers, spills, shared memory, tensor cores.
 
 Every op module of :mod:`fastfold_kernels` lists the kernel configurations the model launches in
-``aot_configs() -> list[AOTConfig]``. This script compiles each of them for each requested NVIDIA
+``aot_configs() -> list[AOTConfig]``, or ``aot_configs(arch)`` where its launcher picks tiles by the
+GPU's architecture. This script compiles each of them for each requested NVIDIA
 architecture WITHOUT a GPU (REFERENCE.md section 4: ``triton.compile(ASTSource(...),
 target=GPUTarget("cuda", arch, 32))``), then reads from the cubin, with the ``cuobjdump`` Triton
 ships, the registers per thread and the STACK/LOCAL bytes (register spills), takes the shared memory
@@ -102,13 +103,22 @@ def load_module(ref: str):
     return importlib.import_module(ref)
 
 
-def module_configs(ref: str) -> list:
-    """The module's ``aot_configs()``; raises ``AttributeError`` when it does not define one."""
+def takes_arch(getter) -> bool:
+    """True when ``aot_configs`` takes an ``arch`` argument (its launches differ by architecture)."""
+    try:
+        return "arch" in inspect.signature(getter).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def module_configs(ref: str, arch: int | None = None) -> list:
+    """The module's ``aot_configs(arch)`` (or ``aot_configs()`` when it takes no arch: the same
+    launches everywhere); raises ``AttributeError`` when it does not define one."""
     module = load_module(ref)
     getter = getattr(module, "aot_configs", None)
     if getter is None:
         raise AttributeError(f"{ref} defines no aot_configs(): its kernels cannot be compile-checked")
-    configs = list(getter())
+    configs = list(getter(arch=arch) if arch is not None and takes_arch(getter) else getter())
     if not configs:
         raise ValueError(f"{ref}.aot_configs() returned no configurations")
     return configs
@@ -461,7 +471,7 @@ def report_row(module_ref: str, index: int, arch: int, tools: str = "auto") -> d
     """Compile config ``index`` of ``module_ref`` for ``arch`` and describe it (errors become a row)."""
     row: dict[str, Any] = {"module": module_ref, "index": index, "arch": arch, "kernel": None, "config": None}
     try:
-        cfg = module_configs(module_ref)[index]
+        cfg = module_configs(module_ref, arch)[index]
         row.update(kernel=cfg.name, config=describe_config(cfg), uses_dot=bool(cfg.uses_dot))
         start = time.perf_counter()
         kernel = compile_config(cfg, arch)
@@ -503,18 +513,22 @@ def row_problems(row: dict[str, Any]) -> list[str]:
 def collect_jobs(
     modules: Sequence[str], archs: Sequence[int], kernels: Sequence[str] | None, tools: str = "auto"
 ) -> tuple[list[tuple[str, int, int, str]], list[dict[str, Any]]]:
-    """(module, config index, arch) for every selected config; modules that fail become error rows."""
+    """(module, config index, arch) for every selected config; modules that fail become error rows.
+
+    The configs are listed per arch: a module's launcher may pick other tiles on another GPU.
+    """
     jobs, failed = [], []
     for ref in modules:
-        try:
-            configs = module_configs(ref)
-        except Exception as err:
-            failed.append({"module": ref, "index": None, "arch": None, "kernel": ref, "config": None,
-                           "error": f"{type(err).__name__}: {err}"})
-            continue
-        for index, cfg in enumerate(configs):
-            if name_matches(kernels, cfg.name, ref):
-                jobs.extend((ref, index, arch, tools) for arch in archs)
+        for arch in archs:
+            try:
+                configs = module_configs(ref, arch)
+            except Exception as err:
+                failed.append({"module": ref, "index": None, "arch": arch, "kernel": ref, "config": None,
+                               "error": f"{type(err).__name__}: {err}"})
+                continue
+            for index, cfg in enumerate(configs):
+                if name_matches(kernels, cfg.name, ref):
+                    jobs.append((ref, index, arch, tools))
     return jobs, failed
 
 

@@ -233,6 +233,27 @@ def test_fused_qkv_tracks_weight_updates_conversions_and_grad():
         assert grad is not None and grad.abs().sum() > 0, proj
 
 
+def test_inplace_and_fused_residual_paths_agree_and_hidden_states_are_not_aliased():
+    """CPU inference adds each residual inside its GEMM, in place; with autograd on, the residual is
+    fused into the LayerNorm instead. Both match fair-esm, and the in-place stream never overwrites
+    a returned hidden state."""
+    layers = 3
+    ref = _fair_esm_model(layers, 48, 3, seed=19)
+    model = ESM2(num_layers=layers, embed_dim=48, attention_heads=3).eval()
+    model.load_state_dict(ref.state_dict())
+    tokens = _batch(6)
+    with torch.no_grad():
+        exp = ref(tokens, repr_layers=range(layers + 1))
+        inplace = model(tokens, repr_layers=range(layers + 1))
+    fused = model(tokens, repr_layers=range(layers + 1))  # grad enabled: the fused-residual path
+    assert fused["logits"].requires_grad
+    hidden = inplace["representations"]
+    assert len({t.data_ptr() for t in hidden.values()}) == layers + 1
+    _assert_close(inplace, exp, layers, "in-place residual")
+    _assert_close({k: v.detach() if k == "logits" else {i: t.detach() for i, t in v.items()}
+                   for k, v in fused.items()}, exp, layers, "fused residual")
+
+
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_other_backends_match_fair_esm(backend):
     from esmfold_fast.backend import set_backend

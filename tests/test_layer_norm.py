@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastfold_kernels import AOTConfig
-from fastfold_kernels.layer_norm import aot_configs, layer_norm, layer_norm_reference, layer_norm_torch
+from fastfold_kernels.layer_norm import _block_shape, aot_configs, layer_norm, layer_norm_reference, layer_norm_torch
 
 IMPLS = {"triton": layer_norm, "torch": layer_norm_torch}
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -155,7 +155,15 @@ def test_layer_norm_aot_configs():
     assert configs and all(isinstance(c, AOTConfig) for c in configs)
     names = {c.name for c in configs}
     assert len(names) == len(configs)
+    served = set()
     for c in configs:
         assert set(c.signature) | set(c.constexprs) >= {"X", "W", "Y", "C", "eps", "BLOCK_C"}
-        assert c.constexprs["BLOCK_C"] >= int(c.name.split("_C")[1].split("_")[0])
-    assert {"layer_norm_C128_fp32", "layer_norm_C2560_fp16_res", "layer_norm_C1024_bf16"} <= names
+        widths = [int(w) for w in c.name.split("_C")[1].split("_")[0].split("-")]
+        for width in widths:  # each width named is launched with exactly this config's tiles
+            assert _block_shape(width) == (c.constexprs["BLOCK_R"], c.constexprs["BLOCK_C"], c.num_warps)
+            served.add((width, c.signature["X"], c.constexprs["HAS_RES"]))
+    # ESM-2 widths, trunk c_s and c_z, every dtype, with and without the residual
+    for width in (128, 320, 480, 640, 1024, 1280, 2560, 5120):
+        for ptr in ("*fp32", "*fp16", "*bf16"):
+            assert {(width, ptr, False), (width, ptr, True)} <= served, (width, ptr)
+    assert {"layer_norm_C128_fp32", "layer_norm_C2560_fp16_res", "layer_norm_C640-1024_bf16"} <= names

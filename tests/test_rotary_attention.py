@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -155,10 +157,26 @@ def test_reference_matches_fair_esm_multihead_attention():
     assert max_rel_err(got, expected) < 1e-6
 
 
-def test_aot_configs_cover_every_esm2_launch():
-    configs = aot_configs()
+@pytest.mark.parametrize("arch", [90, 80])
+def test_aot_configs_cover_every_esm2_launch(arch):
+    """Every (dtype, head dim, mask) launch the model makes on sm_<arch> has a config with its tiles."""
+    from fastfold_kernels.rotary_attention import _cuda_tiles
+
+    configs = aot_configs(arch)
     names = {c.name for c in configs}
-    assert len(names) == len(configs) == 3 * 5 * 2
+    assert len(names) == len(configs)
+    tnames = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}
+    for dtype in DTYPES:
+        for D, _ in HEAD_CASES:
+            tiles = _cuda_tiles(D, dtype, arch)
+            for masked in (False, True):
+                assert any(
+                    c.signature["q_ptr"] == tnames[dtype] and c.constexprs["HAS_MASK"] == masked
+                    and str(D) in re.search(r"_d([\d-]+)", c.name).group(1).split("-")
+                    and c.num_warps == tiles["num_warps"] and c.num_stages == tiles["num_stages"]
+                    and all(c.constexprs[k] == tiles[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_H"))
+                    for c in configs
+                ), (dtype, D, masked)
     for c in configs:
         assert c.uses_dot and c.fn is not None
         assert set(c.signature) | set(c.constexprs) >= {"q_ptr", "k_ptr", "v_ptr", "L", "H", "D", "HAS_MASK"}

@@ -161,10 +161,17 @@ def test_explicit_scale_and_bias_matter(fn):
     assert max_rel_err(expected, no_bias) > 1e-2
 
 
-def test_aot_configs():
-    configs = aot_configs()
+@pytest.mark.parametrize("arch", [90, 80])
+def test_aot_configs(arch):
+    from fastfold_kernels.triangle_attention import _cuda_tiles
+
+    configs = aot_configs(arch)
     assert len({c.name for c in configs}) == len(configs) == 3 * 2
     for c in configs:
+        dtype = {"*fp32": torch.float32, "*fp16": torch.float16, "*bf16": torch.bfloat16}[c.signature["q_ptr"]]
+        tiles = _cuda_tiles(32, dtype, arch)  # what the launcher launches on that arch
+        assert (c.num_warps, c.num_stages) == (tiles["num_warps"], tiles["num_stages"])
+        assert all(c.constexprs[k] == tiles[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D"))
         assert c.uses_dot and c.constexprs["BLOCK_D"] == 32 and c.constexprs["UPCAST_DOT"] is False
         assert {"q_ptr", "bias_ptr", "mask_ptr", "I", "J", "H", "D", "qk_scale"} <= set(c.signature)
     fp32 = [c for c in configs if c.signature["q_ptr"] == "*fp32"]

@@ -9,6 +9,7 @@ import pytest
 import torch
 from _util import randomize_
 
+import fastfold_kernels.triangle_multiplicative_update as tmu
 from fastfold_kernels import AOTConfig
 from fastfold_kernels.triangle_multiplicative_update import (
     TriMulWeights,
@@ -171,6 +172,22 @@ def test_chunked_hidden_channels_and_c_h_not_c_z(impl, outgoing, poisoned_empty)
     _run_and_check(impl, z, mask, w, outgoing, torch.float32, chunk_size=20)
 
 
+@pytest.mark.parametrize("arch", [90, 80])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_triton_tiles_of_each_arch(arch, dtype, monkeypatch, poisoned_empty):
+    """The tiles each GPU generation launches, run through the interpreter. c_z = 48 pads to 64, so
+    sm_80's fp32 projection streams c_z in two 32-wide slices (the second partial) and sm_90's fp32
+    output kernel makes its output channels in two 32-wide steps (the second partial)."""
+    monkeypatch.setattr(tmu, "_launch_blocks", lambda dt, device, c_z: tmu._blocks(dt, arch, c_z))
+    blk = tmu._blocks(dtype, arch, 48)
+    if dtype == torch.float32:
+        assert (blk.proj_k, blk.out_n) == ((64, 32) if arch == 90 else (32, 64))
+    w = _random_weights(48, 40, seed=9)
+    z, mask = _inputs(1, 17, 48, "padded", seed=10)
+    for outgoing in (True, False):
+        _run_and_check("triton", z, mask, w, outgoing, dtype)
+
+
 @pytest.mark.parametrize("outgoing", [True, False], ids=["outgoing", "incoming"])
 def test_torch_path_longer_chain(outgoing, poisoned_empty):
     """L=131 with a multi-block row loop and the default and a partial channel chunking (torch path only)."""
@@ -215,9 +232,19 @@ def test_input_errors():
         triangle_multiplicative_update(z, None, w)  # fp64 is for the torch path and the reference
 
 
-def test_aot_configs():
-    configs = aot_configs()
+@pytest.mark.parametrize("arch", [90, 80])
+def test_aot_configs(arch):
+    configs = aot_configs(arch)
     assert configs and all(isinstance(c, AOTConfig) for c in configs)
+    for c in configs:  # what the launcher launches on that arch
+        dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[c.name.split("_")[2]]
+        blk = tmu._blocks(dt, arch, 128)
+        if c.name.startswith("trimul_project"):
+            assert (c.constexprs["BLOCK_P"], c.constexprs["BLOCK_H"], c.constexprs["BLOCK_K"], c.num_warps) == (
+                blk.proj_p, blk.proj_h, blk.proj_k, blk.proj_warps)
+        if c.name.startswith("trimul_output"):
+            assert (c.constexprs["BLOCK_P"], c.constexprs["BLOCK_N"], c.num_warps) == (
+                blk.out_p, blk.out_n, blk.out_warps)
     assert len({c.name for c in configs}) == len(configs)
     assert all(c.uses_dot for c in configs)
     for c in configs:
