@@ -36,3 +36,36 @@ def poison_(t: torch.Tensor) -> torch.Tensor:
 def max_rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double(), b.double()
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+# Kernel tests run the Triton ops here: CUDA when present, else the CPU through Triton's interpreter.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _to(x, device):
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # NamedTuple of weights
+        return type(x)(*(_to(t, device) for t in x))
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to(t, device) for t in x)
+    return x
+
+
+def on_device(op):
+    """``op`` run on :data:`DEVICE`: tensor arguments go there, results come back to the CPU, and an
+    ``out=`` buffer is written back, so the same test checks the interpreter on CPU and the real kernel
+    on a GPU."""
+    if DEVICE.type == "cpu":
+        return op
+
+    def run(*args, **kwargs):
+        out = kwargs.get("out")
+        result = _to(op(*_to(args, DEVICE), **{k: _to(v, DEVICE) for k, v in kwargs.items()}), "cpu")
+        if out is not None:
+            out.copy_(result)
+            return out
+        return result
+
+    run.__name__ = getattr(op, "__name__", "op")
+    return run

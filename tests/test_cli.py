@@ -21,7 +21,7 @@ from Bio.PDB import MMCIFParser, PDBParser
 
 from esmfold_fast.cli import main
 from esmfold_fast.fasta import FastaError, read_fasta, safe_id
-from tests._util import randomize_
+from _util import randomize_
 
 ERROR_PREFIX = "esmfold-fast: error: "
 MONOMER = "MKTAYIAKQRQISFVKSHFSRQ"  # 22 residues

@@ -13,7 +13,7 @@ from pathlib import Path
 import esm
 import pytest
 import torch
-from _util import max_rel_err, randomize_
+from _util import DEVICE, max_rel_err, randomize_
 from safetensors.torch import save_file
 
 from esmfold_fast._checkpoint import CheckpointError
@@ -261,10 +261,13 @@ def test_other_backends_match_fair_esm(backend):
     ref = _fair_esm_model(1, 48, 3, seed=17)
     model = ESM2(num_layers=1, embed_dim=48, attention_heads=3).eval()
     model.load_state_dict(ref.state_dict())
+    model.to(DEVICE)
     set_backend(model, backend)
     tokens = _batch(5)
     with torch.no_grad():
-        _assert_close(model(tokens, repr_layers=[0, 1]), ref(tokens, repr_layers=[0, 1]), 1, backend)
+        got = model(tokens.to(DEVICE), repr_layers=[0, 1])
+        got = {k: v.cpu() if torch.is_tensor(v) else {i: t.cpu() for i, t in v.items()} for k, v in got.items()}
+        _assert_close(got, ref(tokens, repr_layers=[0, 1]), 1, backend)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ import torch
 
 from fastfold_kernels import AOTConfig
 from fastfold_kernels.layer_norm import _block_shape, aot_configs, layer_norm, layer_norm_reference, layer_norm_torch
+from _util import on_device
+
+layer_norm = on_device(layer_norm)
 
 IMPLS = {"triton": layer_norm, "torch": layer_norm_torch}
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

@@ -13,7 +13,9 @@ from fastfold_kernels.rotary_attention import (
     rotary_attention_reference,
     rotary_attention_torch,
 )
-from tests._util import max_rel_err, poison_, randomize_
+from _util import max_rel_err, on_device, poison_, randomize_
+
+rotary_attention = on_device(rotary_attention)
 
 # Error floor added to 3x the same-dtype reference's error (relative to max |out|).
 ATOL = {torch.float32: 2e-6, torch.bfloat16: 4e-3, torch.float16: 5e-4}

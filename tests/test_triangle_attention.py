@@ -12,7 +12,9 @@ from fastfold_kernels.triangle_attention import (
     triangle_attention_reference,
     triangle_attention_torch,
 )
-from tests._util import max_rel_err, poison_
+from _util import max_rel_err, on_device, poison_
+
+triangle_attention = on_device(triangle_attention)
 
 # Error floor added to 3x the same-dtype reference's error (relative to max |out|).
 ATOL = {torch.float32: 2e-6, torch.bfloat16: 4e-3, torch.float16: 5e-4}

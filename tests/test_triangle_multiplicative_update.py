@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from _util import randomize_
+from _util import on_device, randomize_
 
 import fastfold_kernels.triangle_multiplicative_update as tmu
 from fastfold_kernels import AOTConfig
@@ -19,6 +19,7 @@ from fastfold_kernels.triangle_multiplicative_update import (
     triangle_multiplicative_update_torch,
 )
 
+triangle_multiplicative_update = on_device(triangle_multiplicative_update)
 IMPLS = {"triton": triangle_multiplicative_update, "torch": triangle_multiplicative_update_torch}
 
 
