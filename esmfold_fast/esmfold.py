@@ -8,6 +8,14 @@ fair-esm's ESM-2 layout.
 Precision: the whole model runs in one dtype by default (fp16 matmuls are slow on CPU). On CUDA, a model
 built by :meth:`ESMFold.from_pretrained` / :meth:`ESMFold.from_config` in float32 with ``fp16_esm`` in its
 config runs the LM in fp16 like the reference; its representations are cast to the trunk dtype.
+
+A model built in bfloat16 or float16 (``dtype=torch.bfloat16``) stores and computes the pair track (pair
+state, triangle updates, triangle attention, pair transition) in that dtype, which is nearly all of the
+trunk's work and memory, and keeps float32 islands where the numerics need them
+(:meth:`ESMFold.float32_islands`): the LM and the sequence track, the sequence -> pair product, the
+structure module with its input projections (eight shared-weight iterations amplify rounding: in bf16 it
+moved random-weight atoms by Angstroms) and the output heads. LayerNorm and softmax statistics accumulate
+in float32 inside the half-precision ops.
 """
 
 from __future__ import annotations
@@ -127,6 +135,7 @@ class ESMFold(nn.Module):
         with torch.random.fork_rng(devices=[]), _default_dtype(dtype), device:
             torch.manual_seed(seed)
             model = cls(config)
+        model._keep_float32_islands()
         model._init_random_(torch.Generator(device=device).manual_seed(seed))
         return model._finish(backend, device)
 
@@ -169,6 +178,27 @@ class ESMFold(nn.Module):
         else:
             model = _load_fair_esm_esmfold(cls, resolve_torch_hub_checkpoint(str(path)), device, dtype, esm_path)
         return model._finish(backend, device)
+
+    def float32_islands(self) -> list[nn.Module]:
+        """Modules that stay float32 in a half-precision model: the whole sequence track (the LM mix and its
+        MLP, the trunk's sequence attention and MLP: O(L) or O(L^2 c_s) work, and the structure is most
+        sensitive to it), the structure module with its input projections, and the heads. What is left in
+        half precision is the pair track, which holds nearly all of the trunk's work and memory."""
+        t = self.trunk
+        islands = [self.esm, self.esm_s_mlp, t.recycle_s_norm, t.structure_module, t.trunk2sm_s, t.trunk2sm_z]
+        islands += [self.distogram_head, self.ptm_head, self.lddt_head, self.lm_head]
+        if self.config.embed_aa:
+            islands.append(self.embedding)
+        for block in t.blocks:
+            islands += [block.layernorm_1, block.seq_attention, block.mlp_seq, block.sequence_to_pair]
+        return islands
+
+    def _keep_float32_islands(self) -> None:
+        """Give the islands float32 parameters when the model's dtype is a half one (before weights are set)."""
+        if self.esm_s_combine.dtype in (torch.bfloat16, torch.float16):
+            self.esm_s_combine.data = self.esm_s_combine.data.float()  # the LM mix, and so the sequence dtype
+            for module in self.float32_islands():
+                module.float()
 
     def _finish(self, backend: str, device: torch.device) -> "ESMFold":
         if device.type == "cuda" and self.config.fp16_esm and self.esm_s_combine.dtype == torch.float32:
@@ -462,7 +492,9 @@ def _build_for_loading(cls, config: ESMFoldConfig, device: torch.device, dtype: 
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating point dtype, got {dtype}")
     with _skip_random_init(), _default_dtype(dtype), device:
-        return cls(config)
+        model = cls(config)
+    model._keep_float32_islands()  # before loading, so the islands get the checkpoint's full precision
+    return model
 
 
 def _folding_part(model: ESMFold) -> nn.Module:

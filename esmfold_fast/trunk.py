@@ -127,6 +127,7 @@ class SequenceToPair(BackendModule):
         The difference half is linear, so it splits into ``W_d q_j - W_d k_i``: two [B, L, c_z] tensors
         instead of a pair-wide ``L x L x inner`` input. Only the product half is evaluated per pair.
         """
+        s = s.to(self.proj.weight.dtype)  # a float32 sequence track feeding a half-precision pair track
         h = self.ops.layer_norm(s, self.layernorm.weight, self.layernorm.bias, self.layernorm.eps)
         q, k = self.proj(h).chunk(2, dim=-1)  # [B, L, inner] each
         w_prod = self.o_proj.weight[:, : self.inner_dim]  # [c_z, inner]
@@ -520,7 +521,7 @@ class FoldingTrunk(BackendModule):
         if prev_z is not None and _inplace_ok():
             out = prev_z
         else:
-            out = like.new_empty(b, n, n, c_z)
+            out = like.new_empty(b, n, n, c_z, dtype=self.recycle_z_norm.weight.dtype)  # the pair track's dtype
         norm = self.recycle_z_norm
         for r in _spans(n, rows_per_chunk(n, n * c_z, self.chunk_size)):
             if prev_z is None:

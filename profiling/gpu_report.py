@@ -52,6 +52,7 @@ KERNEL_TEST_FILES = (
     "tests/test_rotary_attention.py",
     "tests/test_triangle_attention.py",
     "tests/test_triangle_multiplicative_update.py",
+    "tests/test_triton_backend.py",
 )
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 

@@ -167,3 +167,43 @@ def test_ptm_is_per_sequence_over_true_length(reduced):
     torch.testing.assert_close(batched["ptm"][1], alone["ptm"][0], rtol=0, atol=1e-9)
     torch.testing.assert_close(batched["plddt"][1, :13], alone["plddt"][0], rtol=0, atol=1e-7)
     torch.testing.assert_close(batched["mean_plddt"][1], alone["mean_plddt"][0], rtol=0, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def full_fp32_and_bf16(full):
+    _, path = full
+    return ESMFold.from_pretrained(path, backend="torch"), ESMFold.from_pretrained(path, backend="torch", dtype=torch.bfloat16)
+
+
+def test_bfloat16_keeps_float32_islands(full_fp32_and_bf16):
+    """bf16 mode: the pair track computes in bf16; the sequence track, structure module and heads hold the
+    checkpoint's float32 weights unrounded; outputs are float32, finite and close to the fp32 model's."""
+    ours32, ours16 = full_fp32_and_bf16
+    block = ours16.trunk.blocks[0]
+    assert block.tri_mul_out.linear_a_p.weight.dtype == torch.bfloat16
+    assert block.tri_att_start.mha.linear_q.weight.dtype == torch.bfloat16
+    for module in ours16.float32_islands():
+        for name, p in module.named_parameters():
+            assert p.dtype == torch.float32, name
+    sd32 = ours32.state_dict()
+    for name, p in ours16.trunk.structure_module.named_parameters():
+        assert torch.equal(p, sd32["trunk.structure_module." + name]), name  # loaded, not rounded
+    seq = random_sequence(48, torch.Generator().manual_seed(41))
+    a, b = ours32.infer(seq, num_recycles=0), ours16.infer(seq, num_recycles=0)
+    assert b["s_z"].dtype == torch.bfloat16
+    for key in ("positions", "plddt", "ptm", "predicted_aligned_error", "distogram_logits"):
+        assert b[key].dtype == torch.float32 and torch.isfinite(b[key]).all(), key
+    assert (a["plddt"] - b["plddt"]).abs().max() < 1.0  # 0-100 scale
+    torch.testing.assert_close(b["s_z"].float(), a["s_z"], rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("length", [48, 97])
+def test_bfloat16_positions_within_half_angstrom_of_fp32(full_fp32_and_bf16, length):
+    """Issue 4 (d): bf16 positions within 0.5 A of fp32 after one pass (randomised full-width trunk)."""
+    ours32, ours16 = full_fp32_and_bf16
+    seq = random_sequence(length, torch.Generator().manual_seed(length))
+    a, b = ours32.infer(seq, num_recycles=0), ours16.infer(seq, num_recycles=0)
+    err = (a["positions"][-1] - b["positions"][-1]).norm(dim=-1).max().item()
+    print(f"L={length} bf16 max atom displacement {err:.3f} A")
+    assert a["positions"][-1].abs().mean() > 1.0  # not a degenerate structure
+    assert err < 0.5

@@ -159,3 +159,24 @@ def test_heads_match_openfold_helpers():
     torch.testing.assert_close(ptm_per_sequence(logits, mask), expected, rtol=0, atol=1e-12)
     lddt_logits = 2.0 * torch.randn(2, 23, 37, 50, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(plddt_from_logits(lddt_logits), 100 * hf.categorical_lddt(lddt_logits, bins=50))
+
+
+def test_in_place_head_helpers_are_exact():
+    """Chunked, in-place distogram symmetrisation is bit-identical to (x + x^T) / 2; pTM from the PAE
+    probabilities equals pTM from the logits, padded sequences included."""
+    from esmfold_fast.heads import HEAD_CHUNK_ELEMENTS, pair_linear, symmetric_distogram_logits
+
+    gen = torch.Generator().manual_seed(31)
+    n = 1 + int((4 * HEAD_CHUNK_ELEMENTS / 64) ** 0.5)  # several tiles per side, a partial last one
+    head = randomize_(torch.nn.Linear(16, 64), seed=32)
+    z = 3.0 * torch.randn(1, n, n, 16, generator=gen)
+    with torch.no_grad():
+        full = head(z)
+        torch.testing.assert_close(pair_linear(head, z), full, rtol=0, atol=0)
+        assert torch.equal(symmetric_distogram_logits(head, z), (full + full.transpose(1, 2)) / 2)
+    logits = 3.0 * torch.randn(2, 23, 23, 64, generator=gen, dtype=torch.float64)
+    mask = torch.ones(2, 23)
+    mask[1, 17:] = 0
+    probs = predicted_aligned_error(logits)["aligned_confidence_probs"]
+    torch.testing.assert_close(ptm_per_sequence(logits, mask, probs=probs), ptm_per_sequence(logits, mask),
+                               rtol=0, atol=1e-14)
