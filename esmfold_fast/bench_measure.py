@@ -338,6 +338,16 @@ def _describe(spec: dict) -> str:
     return f"{spec.get('task')}/{spec.get('provider')} L={spec.get('length')} {spec.get('dtype')}"
 
 
+
+def add_model_arguments(ap: argparse.ArgumentParser) -> None:
+    """The model options every profiling script shares: config, blocks, passes, dtype, device."""
+    ap.add_argument("--config", default="esmfold_v1_8M", help="named config (esmfold_v1, esmfold_v1_8M, tiny)")
+    ap.add_argument("--num-blocks", type=int, default=1)
+    ap.add_argument("--passes", type=int, default=1)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--device", default=None)
+
+
 def fold_spec(provider: str, checkpoint: Path | str, length: int, *, num_passes: int = 1,
               dtype: str = "float32", device: str | None = None, warmup: int = 0, repeats: int = 1,
               seed: int = 0, threads: int | None = None, backend: str = "auto",

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from esmfold_fast.bench_measure import PointFailed, fold_spec, peak_memory_bytes, prepare_esmfold_checkpoint, run_point
+from esmfold_fast.bench_measure import add_model_arguments, PointFailed, fold_spec, peak_memory_bytes, prepare_esmfold_checkpoint, run_point
 from esmfold_fast.config import named_config
 
 
@@ -48,11 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lo", type=int, default=64)
     ap.add_argument("--hi", type=int, default=4096)
     ap.add_argument("--step", type=int, default=32, help="stop when the bracket is this narrow")
-    ap.add_argument("--config", default="esmfold_v1_8M")
-    ap.add_argument("--num-blocks", type=int, default=1)
-    ap.add_argument("--passes", type=int, default=1)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--device", default=None)
+    add_model_arguments(ap)
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)

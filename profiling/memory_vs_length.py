@@ -16,6 +16,7 @@ import sys
 
 from esmfold_fast.bench_measure import (
     PointFailed,
+    add_model_arguments,
     fold_spec,
     growth_exponent,
     machine_info,
@@ -87,11 +88,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lengths", type=int, nargs="+", default=[128, 256, 384, 512, 640])
     ap.add_argument("--providers", nargs="+", default=["ours", "transformers"],
                     choices=["ours", "reference", "transformers"])
-    ap.add_argument("--config", default="esmfold_v1_8M")
-    ap.add_argument("--num-blocks", type=int, default=1)
-    ap.add_argument("--passes", type=int, default=1)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--device", default=None)
+    add_model_arguments(ap)
     ap.add_argument("--timeout", type=float, default=1800)
     args = ap.parse_args(argv)
     points = measure(args.providers, args.lengths, args.config, args.num_blocks, args.passes, args.dtype,

@@ -13,7 +13,7 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from esmfold_fast.bench_measure import build_fold, fold_spec, prepare_esmfold_checkpoint
+from esmfold_fast.bench_measure import add_model_arguments, build_fold, fold_spec, prepare_esmfold_checkpoint
 from esmfold_fast.config import named_config
 
 
@@ -22,11 +22,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="Chrome trace JSON to write")
     ap.add_argument("--provider", default="ours", choices=["ours", "reference", "transformers"])
     ap.add_argument("--length", type=int, default=128)
-    ap.add_argument("--config", default="esmfold_v1_8M")
-    ap.add_argument("--num-blocks", type=int, default=1)
-    ap.add_argument("--passes", type=int, default=1)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--device", default=None)
+    add_model_arguments(ap)
     ap.add_argument("--top", type=int, default=25)
     args = ap.parse_args(argv)
     ckpt = prepare_esmfold_checkpoint(named_config(args.config, num_blocks=args.num_blocks))
