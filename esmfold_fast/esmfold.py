@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import dataclasses
 import json
 import math
@@ -37,7 +36,7 @@ from . import backend as _backend
 from . import residue_constants as rc
 from ._checkpoint import CheckpointError, load_into, torch_load
 from .alphabet import Alphabet
-from .config import ESM2_SIZES, ESM2Config, ESMFoldConfig, StructureModuleConfig, TrunkConfig, named_config
+from .config import ESM2_SIZES, ESM2Config, ESMFoldConfig, StructureModuleConfig, TrunkConfig, named_config, with_overrides
 from .esm2 import ESM2, esm2_config_from_fair_esm, esm2_state_dict_from_fair_esm, esm2_state_dict_from_transformers
 from .heads import (
     DISTOGRAM_BINS,
@@ -128,7 +127,7 @@ class ESMFold(nn.Module):
         if isinstance(name_or_config, str):
             config = named_config(name_or_config, **overrides)
         else:
-            config = _with_overrides(name_or_config, overrides)
+            config = with_overrides(name_or_config, **overrides)
         device = torch.device(device) if device is not None else torch.device("cpu")
         dtype = dtype or torch.float32
         # Default inits draw from the global RNG: seed a forked one so ``seed`` alone fixes every weight.
@@ -682,21 +681,6 @@ def _esm2_config_from_state_dict(sd: Mapping[str, torch.Tensor], source: Path) -
         if (n_layers, dim) == (layers, embed):
             return ESM2Config(num_layers=layers, embed_dim=embed, attention_heads=heads)
     raise CheckpointError(f"{source}: esm.* weights of {layers} layers x {embed} match no ESM-2 size")
-
-
-def _with_overrides(config: ESMFoldConfig, overrides: Mapping[str, Any]) -> ESMFoldConfig:
-    config = copy.deepcopy(config)
-    for key, value in overrides.items():
-        if key == "esm":
-            config.esm = ESM2Config.named(value) if isinstance(value, str) else value
-        elif hasattr(config.trunk, key):
-            setattr(config.trunk, key, value)
-        elif hasattr(config, key):
-            setattr(config, key, value)
-        else:
-            raise ValueError(f"unknown config field {key!r}")
-    config.validate()
-    return config
 
 
 __all__ = ["ESMFold", "batch_encode_sequences", "encode_sequence", "esm2_name_for", "esmfold_config_from_fair_esm"]
