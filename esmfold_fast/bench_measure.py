@@ -188,6 +188,16 @@ def _rss_now() -> int:
 
 
 def _peak_rss() -> int:
+    """This process's own peak RSS: /proc's VmHWM belongs to the address space exec created, whereas
+    ``ru_maxrss`` carries the parent's RSS at fork over, so a large parent (a pytest run that has
+    folded in-process) would inflate every child's figure."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
