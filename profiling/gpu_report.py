@@ -46,6 +46,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from esmfold_fast.bench_measure import random_sequence
+
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL_TEST_FILES = (
     "tests/test_layer_norm.py",
@@ -54,7 +56,6 @@ KERNEL_TEST_FILES = (
     "tests/test_triangle_multiplicative_update.py",
     "tests/test_triton_backend.py",
 )
-AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -613,11 +614,6 @@ def _add_speedups(rows: list[dict[str, Any]]) -> None:
 # --------------------------------------------------------------------------------------------------
 # Sections 4 and 5: end to end, longest chain
 # --------------------------------------------------------------------------------------------------
-def random_sequence(length: int, seed: int = 0) -> str:
-    gen = torch.Generator().manual_seed(seed)
-    return "".join(AMINO_ACIDS[i] for i in torch.randint(0, 20, (length,), generator=gen).tolist())
-
-
 def _e2e_flops(config, L: int, passes: int) -> float | None:
     try:
         from esmfold_fast.bench_flops import esmfold_flops
