@@ -5,7 +5,7 @@
     pytest benchmarks/ --benchmark-only --benchmark-json benchmarks/results/<device>-<date>.json
 
 Every benchmark records in ``benchmark.extra_info``: FLOPs and fused-implementation bytes (from
-``esmfold_fast.bench_flops``), achieved GFLOP/s, the fraction of this session's measured matmul peak,
+``esmfold_fast.benchmarking.flops``), achieved GFLOP/s, the fraction of this session's measured matmul peak,
 peak memory and the device. Triton kernels are timed only on CUDA: on CPU they run through Triton's
 numpy interpreter, which checks correctness but says nothing about speed.
 """
@@ -21,7 +21,7 @@ if not torch.cuda.is_available():
     # Imported kernels are built for the interpreter on CPU (correctness only); never timed here.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from esmfold_fast.bench_measure import default_device, machine_info, measure_matmul_peak  # noqa: E402
+from esmfold_fast.benchmarking.measure import default_device, machine_info, measure_matmul_peak  # noqa: E402
 
 DEVICE = default_device()
 TRITON_CPU_REASON = "triton runs on CPU only through its interpreter (correctness, not speed): not timed"
@@ -148,6 +148,25 @@ class BenchEnv:
 
     def record(self, benchmark, **kw) -> None:
         record(benchmark, peak=self.peak, **kw)
+
+    def measure(self, benchmark, fn, *, rounds: int, warmup_rounds: int = 0,
+                inference_mode: bool = False) -> _Memory:
+        """Peak memory of one first call of ``fn`` (synchronised), then ``rounds`` timed calls with
+        ``benchmark.pedantic``; returns the memory for :meth:`record`."""
+
+        def run():
+            if inference_mode:
+                with torch.inference_mode():
+                    out = fn()
+            else:
+                out = fn()
+            self.sync()
+            return out
+
+        with self.Memory() as mem:
+            run()
+        benchmark.pedantic(run, rounds=rounds, warmup_rounds=warmup_rounds)
+        return mem
 
     @staticmethod
     def sync() -> None:

@@ -2,10 +2,9 @@
 raw-layout checkpoint), 150M shape at L=1024 (the issue 4 target shape), fp32."""
 
 import pytest
-import torch
 
-from esmfold_fast.bench_flops import esm2_costs, total
-from esmfold_fast.bench_measure import build_esm2_forward, esm2_spec, prepare_esm2_checkpoint
+from esmfold_fast.benchmarking.flops import esm2_costs, total
+from esmfold_fast.benchmarking.measure import build_esm2_forward, esm2_spec, prepare_esm2_checkpoint
 from esmfold_fast.config import ESM2Config
 
 PROVIDERS = ("ours", "fair-esm")
@@ -20,16 +19,8 @@ def test_esm2_forward(benchmark, bench_env, provider, case):
     name, L = case
     cfg = ESM2Config.named(name)
     forward = build_esm2_forward(esm2_spec(provider, prepare_esm2_checkpoint(cfg), L, device=bench_env.device))
-
-    def run():
-        with torch.inference_mode():
-            out = forward()
-        bench_env.sync()
-        return out
-
-    with bench_env.Memory() as mem:
-        run()
-    benchmark.pedantic(run, rounds=10 if bench_env.device == "cuda" else 3, warmup_rounds=0)
+    mem = bench_env.measure(benchmark, forward, rounds=10 if bench_env.device == "cuda" else 3,
+                            inference_mode=True)
     cost = total(esm2_costs(L, cfg))
     bench_env.record(benchmark, flops=cost.flops, bytes_moved=cost.bytes, dtype="float32", memory=mem,
                      provider=provider, L=L, model=name)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from esmfold_fast.bench_flops import layer_norm_cost
+from esmfold_fast.benchmarking.flops import layer_norm_cost
 
 ln = pytest.importorskip("fastfold_kernels.layer_norm", reason="fastfold_kernels.layer_norm not built yet")
 
@@ -30,15 +30,8 @@ def test_layer_norm(benchmark, bench_env, provider, case, residual, dtype):
     w = 1 + 0.2 * torch.randn(C, device=dev, dtype=dtype)
     b = 0.2 * torch.randn(C, device=dev, dtype=dtype)
     fn = _op(provider)
-
-    def run():
-        out = fn(x, w, b, 1e-5, residual=res)
-        bench_env.sync()
-        return out
-
-    with bench_env.Memory() as mem:
-        run()
-    benchmark.pedantic(run, rounds=20 if dev == "cuda" else 5, warmup_rounds=1)
+    mem = bench_env.measure(benchmark, lambda: fn(x, w, b, 1e-5, residual=res),
+                            rounds=20 if dev == "cuda" else 5, warmup_rounds=1)
     eb = x.element_size()
     cost = layer_norm_cost(rows, C, eb)
     moved = cost.bytes + (2 * rows * C * eb if residual else 0)  # read the residual, write the sum

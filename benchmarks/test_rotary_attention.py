@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from esmfold_fast.bench_flops import attention_cost
+from esmfold_fast.benchmarking.flops import attention_cost
+from esmfold_fast.benchmarking.measure import rotary_tables
 
 ra = pytest.importorskip("fastfold_kernels.rotary_attention", reason="fastfold_kernels.rotary_attention not built yet")
 
@@ -19,13 +20,6 @@ def _op(provider):
             "triton": ra.rotary_attention}[provider]
 
 
-def _rotary_tables(T, D, device):
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2, device=device, dtype=torch.float32) / D))
-    freqs = torch.outer(torch.arange(T, device=device, dtype=torch.float32), inv_freq)
-    emb = torch.cat([freqs, freqs], dim=-1)  # [T, D] rotate-halves layout
-    return emb.cos(), emb.sin()
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "padmask"])
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -35,21 +29,14 @@ def test_rotary_attention(benchmark, bench_env, provider, case, masked, dtype):
     dev = bench_env.device
     # q, k, v as views of one projection output, as the model hands them over
     qkv = (torch.randn(1, T, 3, H, D, device=dev, dtype=dtype) * 2).unbind(2)
-    cos, sin = _rotary_tables(T, D, dev)
+    cos, sin = rotary_tables(T, D, dev)
     pad = None
     if masked:
         pad = torch.zeros(1, T, dtype=torch.bool, device=dev)
         pad[:, T - T // 8:] = True
     fn = _op(provider)
-
-    def run():
-        out = fn(*qkv, cos, sin, key_padding_mask=pad)
-        bench_env.sync()
-        return out
-
-    with bench_env.Memory() as mem:
-        run()
-    benchmark.pedantic(run, rounds=20 if dev == "cuda" else 3, warmup_rounds=1)
+    mem = bench_env.measure(benchmark, lambda: fn(*qkv, cos, sin, key_padding_mask=pad),
+                            rounds=20 if dev == "cuda" else 3, warmup_rounds=1)
     cost = attention_cost(1, T, T, H, D, qkv[0].element_size())
     bench_env.record(benchmark, flops=cost.flops + 12.0 * T * H * D, bytes_moved=cost.bytes, dtype=dtype,
                      memory=mem, provider=provider, tokens=T, heads=H, head_dim=D)

@@ -1,4 +1,4 @@
-"""Issue 4 targets, each side in its own process (``esmfold_fast.bench_measure.run_point``), ours and
+"""Issue 4 targets, each side in its own process (``esmfold_fast.benchmarking.measure.run_point``), ours and
 the peer alternating, medians. Ratios and a ``target_met`` flag go to ``extra_info``; the benchmark's
 own time is the whole procedure's wall time and means little. Targets (8M LM + one full-width trunk
 block + default structure module, one pass, same random weights and sequence):
@@ -17,7 +17,7 @@ import tempfile
 import pytest
 import torch
 
-from esmfold_fast.bench_measure import (
+from esmfold_fast.benchmarking.measure import (
     alternate,
     esm2_spec,
     fold_spec,

@@ -4,7 +4,7 @@ sequence attention with pair bias (I=1, H=32): reference vs torch vs triton."""
 import pytest
 import torch
 
-from esmfold_fast.bench_flops import attention_cost
+from esmfold_fast.benchmarking.flops import attention_cost
 
 ta = pytest.importorskip("fastfold_kernels.triangle_attention",
                          reason="fastfold_kernels.triangle_attention not built yet")
@@ -38,15 +38,8 @@ def test_triangle_attention(benchmark, bench_env, provider, case, masked, dtype)
         mask = torch.ones(1, I, J, device=dev, dtype=dtype)
         mask[..., J - J // 8:] = 0
     fn = _op(provider)
-
-    def run():
-        out = fn(q, k, v, bias, mask=mask)
-        bench_env.sync()
-        return out
-
-    with bench_env.Memory() as mem:
-        run()
-    benchmark.pedantic(run, rounds=20 if dev == "cuda" else 3, warmup_rounds=1)
+    mem = bench_env.measure(benchmark, lambda: fn(q, k, v, bias, mask=mask),
+                            rounds=20 if dev == "cuda" else 3, warmup_rounds=1)
     cost = attention_cost(I, J, J, H, D, q.element_size(), bias_values=H * J * J + (I * J if masked else 0))
     bench_env.record(benchmark, flops=cost.flops, bytes_moved=cost.bytes, dtype=dtype, memory=mem,
                      provider=provider, I=I, J=J, heads=H, head_dim=D)

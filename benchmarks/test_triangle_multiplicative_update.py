@@ -4,7 +4,8 @@ reference vs torch vs triton, outgoing and incoming."""
 import pytest
 import torch
 
-from esmfold_fast.bench_flops import triangle_multiplication_cost
+from esmfold_fast.benchmarking.flops import triangle_multiplication_cost
+from esmfold_fast.benchmarking.measure import tri_mul_weights
 
 tm = pytest.importorskip("fastfold_kernels.triangle_multiplicative_update",
                          reason="fastfold_kernels.triangle_multiplicative_update not built yet")
@@ -23,20 +24,6 @@ def _op(provider):
             "triton": tm.triangle_multiplicative_update}[provider]
 
 
-def _weights(c_z, c_h, device, dtype, gen):
-    def r(*shape, centre=0.0, std=None):
-        std = std if std is not None else shape[-1] ** -0.5
-        return (centre + std * torch.randn(*shape, generator=gen)).to(device=device, dtype=dtype)
-
-    return tm.TriMulWeights(
-        ln_in_weight=r(c_z, centre=1.0, std=0.2), ln_in_bias=r(c_z, std=0.2),
-        a_p_weight=r(c_h, c_z), a_p_bias=r(c_h, std=0.2), a_g_weight=r(c_h, c_z), a_g_bias=r(c_h, std=0.2),
-        b_p_weight=r(c_h, c_z), b_p_bias=r(c_h, std=0.2), b_g_weight=r(c_h, c_z), b_g_bias=r(c_h, std=0.2),
-        ln_out_weight=r(c_h, centre=1.0, std=0.2), ln_out_bias=r(c_h, std=0.2),
-        z_weight=r(c_z, c_h), z_bias=r(c_z, std=0.2), g_weight=r(c_z, c_z), g_bias=r(c_z, std=0.2),
-    )
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_triangle_multiplicative_update(benchmark, bench_env, provider, case, dtype):
@@ -48,17 +35,10 @@ def test_triangle_multiplicative_update(benchmark, bench_env, provider, case, dt
     mask = torch.ones(1, L, L, device=dev, dtype=dtype)
     mask[:, L - L // 8:, :] = 0
     mask[:, :, L - L // 8:] = 0
-    w = _weights(128, 128, dev, dtype, gen)
+    w = tri_mul_weights(128, 128, dev, dtype, gen)  # drawn on the CPU generator after z
     fn = _op(provider)
-
-    def run():
-        out = fn(z, mask, w, outgoing=outgoing)
-        bench_env.sync()
-        return out
-
-    with bench_env.Memory() as mem:
-        run()
-    benchmark.pedantic(run, rounds=20 if dev == "cuda" else 3, warmup_rounds=1)
+    mem = bench_env.measure(benchmark, lambda: fn(z, mask, w, outgoing=outgoing),
+                            rounds=20 if dev == "cuda" else 3, warmup_rounds=1)
     cost = triangle_multiplication_cost(L, 128, 128, z.element_size())
     bench_env.record(benchmark, flops=cost.flops, bytes_moved=cost.bytes, dtype=dtype, memory=mem,
                      provider=provider, L=L, outgoing=outgoing)

@@ -12,7 +12,7 @@ from typing import Any
 # Exported names and their modules, imported on first use so that `esmfold-fast --help` and the FASTA
 # checks start without loading torch.
 _EXPORTS = {
-    "CheckpointError": "._checkpoint",
+    "CheckpointError": ".checkpoints",
     "Alphabet": ".alphabet",
     "get_backend": ".backend",
     "ESMFoldConfig": ".config",

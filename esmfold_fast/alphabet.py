@@ -4,6 +4,14 @@ Token order is fair-esm's ``Alphabet.from_architecture("ESM-1b")`` (which is als
 ``EsmTokenizer`` vocab list for every ESM-2 checkpoint): four leading specials, the 25 residue
 and gap characters, padding up to a multiple of 8 with ``<null_1>``, then ``<mask>``. ``<cls>`` is
 prepended and ``<eos>`` appended to every sequence.
+
+ESMFold reads sequences as AlphaFold2 residue indices (:func:`encode_sequence`, 0-19 in
+``residue_constants.restypes`` order, 20 = X): multimer chains split on ``':'`` and joined by a
+poly-G linker, each chain's residue index offset by 512 (fair-esm's ``batch_encode_sequences``).
+Letters are upper-cased first, so ``"mktay"`` folds like ``"MKTAY"``; fair-esm instead reads a
+lower-case letter as X (unknown), transformers rejects it. Letters outside the 20 standard amino
+acids read as X, as in both peers. Any character that is not an ASCII letter or ``':'`` raises
+``ValueError`` naming the sequence (fair-esm would read it as X).
 """
 
 from __future__ import annotations
@@ -11,6 +19,8 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 import torch
+
+from . import residue_constants as rc
 
 # fair-esm esm/constants.py ``proteinseq_toks["toks"]`` (residue letters, X/B/U/Z/O, gap symbols).
 STANDARD_TOKENS: tuple[str, ...] = (
@@ -128,3 +138,74 @@ def as_alphabet(alphabet: "Alphabet | str | object") -> Alphabet:
         raise ValueError("only the ESM-1b/ESM-2 alphabet is supported")
     return ours
 
+
+# ----------------------------------------------------------------------------------------------
+# ESMFold's sequence encoding: AlphaFold2 residue indices (fair-esm's esm/esmfold/v1/misc.py layout)
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_sequence(seq: str) -> str:
+    if not isinstance(seq, str):
+        raise ValueError(f"a sequence must be a str, got {type(seq).__name__}")
+    bad = sorted({ch for ch in seq if not (ch == ":" or (ch.isascii() and ch.isalpha()))})
+    if bad:
+        raise ValueError(f"sequence {seq!r} contains characters that are not amino-acid letters or ':': {bad}")
+    chains = seq.split(":")
+    if any(len(c) == 0 for c in chains):
+        raise ValueError(f"sequence {seq!r} has an empty chain")
+    return seq.upper()
+
+
+def encode_sequence(
+    seq: str, residue_index_offset: int | None = 512, chain_linker: str | None = "G" * 25
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One (possibly multi-chain) sequence -> aatype [L], residx [L], linker_mask [L] (float), chain_index [L].
+
+    A linker residue carries the chain index and residue-index offset of the chain before it.
+    """
+    seq = _check_sequence(seq)
+    linker = _check_sequence(chain_linker).upper() if chain_linker else ""
+    offset = residue_index_offset or 0
+    chains = seq.split(":")
+    unk = rc.restype_order_with_x["X"]
+    aatype, residx, linker_mask, chain_index = [], [], [], []
+    for i, chain in enumerate(chains):
+        if i > 0:
+            start = len(aatype)
+            aatype += [rc.restype_order_with_x.get(a, unk) for a in linker]
+            residx += [start + j + (i - 1) * offset for j in range(len(linker))]
+            linker_mask += [0.0] * len(linker)
+            chain_index += [i - 1] * len(linker)
+        start = len(aatype)
+        aatype += [rc.restype_order_with_x.get(a, unk) for a in chain]
+        residx += [start + j + i * offset for j in range(len(chain))]
+        linker_mask += [1.0] * len(chain)
+        chain_index += [i] * len(chain)
+    return (
+        torch.tensor(aatype, dtype=torch.int64),
+        torch.tensor(residx, dtype=torch.int64),
+        torch.tensor(linker_mask, dtype=torch.float32),
+        torch.tensor(chain_index, dtype=torch.int64),
+    )
+
+
+def collate_dense(samples: Sequence[torch.Tensor], pad_value: float = 0) -> torch.Tensor:
+    """Stack tensors of different shapes into one, padded with ``pad_value`` at the end of each dim."""
+    shape = [max(sizes) for sizes in zip(*(t.shape for t in samples))]
+    out = samples[0].new_full((len(samples), *shape), pad_value)
+    for i, t in enumerate(samples):
+        out[(i, *(slice(0, d) for d in t.shape))] = t
+    return out
+
+
+def batch_encode_sequences(
+    sequences: Sequence[str], residue_index_offset: int | None = 512, chain_linker: str | None = "G" * 25
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """aatype, mask, residx, linker_mask, chain_index, each [B, L_max] (chain_index -1 at padding)."""
+    encoded = [encode_sequence(s, residue_index_offset, chain_linker) for s in sequences]
+    aatype = collate_dense([e[0] for e in encoded])
+    mask = collate_dense([torch.ones_like(e[0]) for e in encoded])
+    residx = collate_dense([e[1] for e in encoded])
+    linker_mask = collate_dense([e[2] for e in encoded])
+    chain_index = collate_dense([e[3] for e in encoded], -1)
+    return aatype, mask, residx, linker_mask, chain_index

@@ -255,9 +255,10 @@ def _looks_like_a_path(text: str) -> bool:
 
 
 def _bench(argv: Sequence[str]) -> int:
-    """Forward to :func:`esmfold_fast.bench.main` (imported only when asked for)."""
+    """Forward to :func:`esmfold_fast.benchmarking.cli.main`, imported only here: the runtime (``fold``)
+    never loads the benchmark code or what it compares against."""
     try:
-        from .bench import main as bench_main
+        from .benchmarking.cli import main as bench_main
     except ImportError as err:
         _error(f"bench is unavailable: {_one_line(err)}")
         return EXIT_USAGE

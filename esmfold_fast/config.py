@@ -153,32 +153,6 @@ class ESMFoldConfig:
         cfg.validate()
         return cfg
 
-    @classmethod
-    def from_transformers(cls, config: Mapping[str, Any]) -> "ESMFoldConfig":
-        """Map a transformers ``EsmConfig`` dict (``config.json`` of ``EsmForProteinFolding``)."""
-        fold = dict(config.get("esmfold_config") or {})
-        vocab = list(config.get("vocab_list") or [])
-        esm = ESM2Config(
-            num_layers=config["num_hidden_layers"],
-            embed_dim=config["hidden_size"],
-            attention_heads=config["num_attention_heads"],
-            token_dropout=bool(config.get("token_dropout", True)),
-            alphabet_size=config.get("vocab_size") or 33,
-            padding_idx=config.get("pad_token_id", 1) if config.get("pad_token_id") is not None else 1,
-            mask_idx=config.get("mask_token_id", 32) if config.get("mask_token_id") is not None else 32,
-            cls_idx=vocab.index("<cls>") if "<cls>" in vocab else 0,
-            eos_idx=vocab.index("<eos>") if "<eos>" in vocab else 2,
-            layer_norm_eps=config.get("layer_norm_eps") or 1e-5,
-            rope_theta=config.get("rope_theta", 10000.0) or 10000.0,
-        )
-        if config.get("intermediate_size") not in (None, 4 * esm.embed_dim):
-            raise ValueError(
-                f"intermediate_size {config['intermediate_size']} != 4 x hidden_size: not an ESM-2 model"
-            )
-        if config.get("position_embedding_type", "rotary") != "rotary":
-            raise ValueError("ESMFold's language model uses rotary position embeddings")
-        return cls.from_dict({**fold, "esm": dataclasses.asdict(esm)})
-
 
 def _known(klass, d: Mapping[str, Any]) -> dict[str, Any]:
     """Keep the keys that are fields of ``klass`` (transformers adds bookkeeping keys)."""

@@ -5,8 +5,8 @@ A BERT-style encoder of pre-LayerNorm transformer layers with rotary position em
 ``emb_layer_norm_after``, a RoBERTa LM head tied to the token embedding and a contact head (a
 logistic regression over every layer's and head's symmetrised, APC-corrected attention map).
 Semantics and state-dict keys are fair-esm's ``esm.model.esm2.ESM2``, so a fair-esm state dict
-loads unchanged; :func:`esm2_state_dict_from_transformers` maps transformers' ``EsmModel`` /
-``EsmForMaskedLM`` keys onto it.
+loads unchanged; :mod:`esmfold_fast.checkpoints` maps transformers' ``EsmModel`` / ``EsmForMaskedLM``
+keys onto it.
 
 The hot paths run through the backend (``self.ops``): every LayerNorm, fused with the residual
 add that precedes it, and the rotary attention core. Attention weights, which the fused core does
@@ -16,34 +16,29 @@ not return, are computed explicitly in plain PyTorch when asked for.
 from __future__ import annotations
 
 import os
-import re
-from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checkpoint import CheckpointError, load_into, torch_load
+from fastfold_kernels.rotary_attention import rotary_attention_reference
+
 from .alphabet import Alphabet, as_alphabet
 from .backend import BackendModule, set_backend
 from .config import ESM2Config
-from .hub import (
-    TRANSFORMERS_WEIGHT_FILES,
-    load_transformers_config,
-    load_transformers_state_dict,
-    resolve_hf_snapshot,
-    resolve_torch_hub_checkpoint,
-)
 
 # ESM-2 was trained masking 15% of tokens, 80% of those with <mask> (fair-esm ``mask_ratio_train``).
 MASK_RATIO_TRAIN = 0.15 * 0.8
-CONTACT_KEYS = ("contact_head.regression.weight", "contact_head.regression.bias")
 
 
 def default_inv_freq(head_dim: int, theta: float = 10000.0) -> torch.Tensor:
-    """Rotary inverse frequencies ``theta^(-2i/D)``, fp32 [D/2] (RoFormer / GPT-NeoX)."""
-    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    """Rotary inverse frequencies ``theta^(-2i/D)``, fp32 [D/2] (RoFormer / GPT-NeoX), on the default device.
+
+    Computed on the CPU: on the meta device (models built for loading) ``arange`` would run through torch's
+    Python decompositions, whose import alone costs about 70 MB of resident memory."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device="cpu") / head_dim
+    return (1.0 / (theta**exponents)).to(torch.get_default_device())
 
 
 class RotaryEmbedding(nn.Module):
@@ -60,7 +55,7 @@ class RotaryEmbedding(nn.Module):
         self.theta = theta
         self.register_buffer("inv_freq", default_inv_freq(head_dim, theta))
 
-    def reset_parameters(self) -> None:
+    def reset_buffers(self) -> None:
         with torch.no_grad():
             self.inv_freq.copy_(default_inv_freq(self.head_dim, self.theta))
 
@@ -95,38 +90,6 @@ class RotaryEmbedding(nn.Module):
         cos, sin = emb.cos(), emb.sin()
         self._tables = (key, cos, sin)
         return cos, sin
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def attention_with_weights(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    key_padding_mask: torch.Tensor | None,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotary self-attention that also returns its probabilities (plain PyTorch).
-
-    q, k, v: [B, T, H, D]; returns out [B, T, H, D] and weights [B, H, T, T], both in q's dtype,
-    softmax in fp32 as fair-esm does. The query is scaled before the rotation, like fair-esm.
-    """
-    cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-    qh = q.transpose(1, 2) * scale  # [B, H, T, D]
-    kh = k.transpose(1, 2)  # [B, H, T, D]
-    qh = qh * cos + _rotate_half(qh) * sin
-    kh = kh * cos + _rotate_half(kh) * sin
-    logits = qh @ kh.transpose(-1, -2)  # [B, H, T, T]
-    if key_padding_mask is not None:
-        logits = logits.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-    probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(q.dtype)  # [B, H, T, T]
-    out = probs @ v.transpose(1, 2)  # [B, H, T, D]
-    return out.transpose(1, 2), probs
 
 
 class ESM2SelfAttention(BackendModule):
@@ -211,7 +174,9 @@ class ESM2SelfAttention(BackendModule):
         cos, sin = self.rot_emb.cos_sin(T, h.device)  # [T, D] fp32
         # The backend ops are forward-only; training (autograd) takes the plain PyTorch path too.
         if need_weights or (torch.is_grad_enabled() and qkv.requires_grad):
-            out, weights = attention_with_weights(q, k, v, cos, sin, key_padding_mask, self.scaling)
+            out, weights = rotary_attention_reference(
+                q, k, v, cos, sin, key_padding_mask, self.scaling, return_weights=True
+            )
             weights = weights if need_weights else None
         else:
             out = self.ops.rotary_attention(q, k, v, cos, sin, key_padding_mask, self.scaling)
@@ -493,64 +458,10 @@ class ESM2(BackendModule):
     # loading
     # ---------------------------------------------------------------------------------------------
 
-    def _tie_weights(self) -> None:
+    def reset_buffers(self) -> None:
+        """Re-tie the LM head to the token embedding after the storage is replaced (``to_empty``)."""
         if self.lm_head is not None:
             self.lm_head.weight = self.embed_tokens.weight
-
-    def _reset_buffers(self) -> None:
-        for layer in self.layers:
-            layer.self_attn.rot_emb.reset_parameters()
-
-    @classmethod
-    def empty(
-        cls,
-        config: ESM2Config,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        *,
-        lm_head: bool = True,
-        contact_head: bool = True,
-    ) -> "ESM2":
-        """A model with uninitialised weights (no time spent on random init) and default rotary buffers.
-
-        For loaders: every parameter is overwritten from a checkpoint right after.
-        """
-        with torch.device("meta"):
-            model = cls(config, lm_head=lm_head, contact_head=contact_head)
-        if dtype is not None:
-            model.to(dtype=dtype)
-        model.to_empty(device=torch.device(device) if device is not None else torch.device("cpu"))
-        model._tie_weights()
-        model._reset_buffers()
-        if model.contact_head is not None:
-            model.contact_head.regression.reset_parameters()
-        return model
-
-    def load_esm2_state_dict(self, state_dict: Mapping[str, torch.Tensor], source: str | os.PathLike) -> None:
-        """Load a state dict in fair-esm's ESM2 layout (prefixes already stripped); strict.
-
-        Allowances: ``lm_head.*`` keys are dropped when this model has no LM head, contact-head
-        keys when it has no contact head; a checkpoint without any contact regression loads and
-        marks contacts unavailable; rotary ``inv_freq`` may be absent (defaults are used).
-        A mismatch raises :class:`CheckpointError` naming ``source`` and the keys.
-        """
-        sd = dict(state_dict)
-        if self.lm_head is None:
-            sd = {k: v for k, v in sd.items() if not k.startswith("lm_head.")}
-        if self.contact_head is None:
-            sd = {k: v for k, v in sd.items() if not k.startswith("contact_head.")}
-        ignore_missing = ["rot_emb.inv_freq"]
-        no_contacts = self.contact_head is not None and not any(k in sd for k in CONTACT_KEYS)
-        if no_contacts:
-            ignore_missing += list(CONTACT_KEYS)
-        if self.lm_head is not None and "lm_head.weight" in sd and "embed_tokens.weight" in sd:
-            if not torch.equal(sd["lm_head.weight"], sd["embed_tokens.weight"]):
-                raise CheckpointError(f"{source}: lm_head.weight differs from embed_tokens.weight (ESM-2 ties them)")
-        load_into(self, sd, source, ignore_missing=ignore_missing)
-        if no_contacts:
-            self.contacts_unavailable = f"{source}: the checkpoint has no contact regression weights"
-        elif self.contact_head is not None:
-            self.contacts_unavailable = None
 
     @classmethod
     def from_pretrained(
@@ -570,16 +481,9 @@ class ESM2(BackendModule):
         cache) or (d) a hub name (``facebook/esm2_t6_8M_UR50D``, from the Hugging Face cache).
         ``lm_head=None`` builds the LM head when the checkpoint has one. Returns an eval-mode model.
         """
-        p = Path(path)
-        if p.is_dir():
-            model = _load_transformers_dir(cls, p, device, dtype, lm_head)
-        elif p.is_file() or str(path).endswith(".pt"):
-            model = _load_fair_esm_file(cls, p, device, dtype, lm_head)
-        elif "/" in str(path):
-            snap = resolve_hf_snapshot(str(path), ("config.json", TRANSFORMERS_WEIGHT_FILES))
-            model = _load_transformers_dir(cls, snap, device, dtype, lm_head)
-        else:
-            model = _load_fair_esm_file(cls, resolve_torch_hub_checkpoint(str(path)), device, dtype, lm_head)
+        from .checkpoints import load_esm2
+
+        model = load_esm2(cls, path, device, dtype, lm_head)
         if backend is not None:
             set_backend(model, backend, device)
         return model.eval()
@@ -595,212 +499,4 @@ def _check_config(config: ESM2Config, alphabet: Alphabet) -> None:
         raise ValueError(f"config token ids (size, pad, mask, cls, eos) {ids} do not match the ESM-2 alphabet {ours}")
 
 
-# -------------------------------------------------------------------------------------------------
-# fair-esm checkpoints
-# -------------------------------------------------------------------------------------------------
-
-_FAIR_ESM_PREFIX = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")
-
-
-def esm2_state_dict_from_fair_esm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Strip fair-esm's raw ``encoder.sentence_encoder.`` / ``encoder.`` prefixes (as ``esm.pretrained``)."""
-    return {_FAIR_ESM_PREFIX.sub("", k): v for k, v in state_dict.items()}
-
-
-def esm2_config_from_fair_esm(cfg: Any, source: str = "checkpoint") -> ESM2Config:
-    """Map fair-esm's pickled ``cfg["model"]`` (Namespace or dict) to :class:`ESM2Config`."""
-    get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
-    try:
-        config = ESM2Config(
-            num_layers=int(get("encoder_layers")),
-            embed_dim=int(get("encoder_embed_dim")),
-            attention_heads=int(get("encoder_attention_heads")),
-            token_dropout=bool(get("token_dropout", True)),
-        )
-    except TypeError as err:
-        raise CheckpointError(f"{source}: cfg['model'] lacks ESM-2 sizes (encoder_layers, ...): {err}") from err
-    ffn = get("encoder_ffn_embed_dim")
-    if ffn is not None and int(ffn) != config.ffn_embed_dim:
-        raise CheckpointError(f"{source}: encoder_ffn_embed_dim {ffn} != 4 x embed dim; not an ESM-2 model")
-    return config
-
-
-def _load_fair_esm_file(cls, path: Path, device, dtype, lm_head: bool | None) -> ESM2:
-    data = torch_load(path)
-    if not isinstance(data, Mapping) or "model" not in data:
-        raise CheckpointError(f"{path}: not a fair-esm checkpoint (expected a dict with 'cfg' and 'model')")
-    cfg = data.get("cfg")
-    model_cfg = cfg.get("model") if isinstance(cfg, Mapping) else None
-    if model_cfg is None:
-        raise CheckpointError(f"{path}: no cfg['model'] in the checkpoint (not an ESM-2 .pt file)")
-    config = esm2_config_from_fair_esm(model_cfg, str(path))
-    sd = esm2_state_dict_from_fair_esm(data["model"])
-    regression = path.with_name(path.stem + "-contact-regression.pt")
-    if regression.is_file():
-        reg = torch_load(regression)
-        if not isinstance(reg, Mapping) or not isinstance(reg.get("model"), Mapping):
-            raise CheckpointError(f"{regression}: not a contact regression file (expected {{'model': {{...}}}})")
-        sd.update(reg["model"])
-    has_lm = any(k.startswith("lm_head.") for k in sd)
-    model = cls.empty(config, device, dtype, lm_head=has_lm if lm_head is None else lm_head)
-    model.load_esm2_state_dict(sd, path)
-    if not regression.is_file():
-        model.contacts_unavailable = (
-            f"no contact regression for {path}; put {regression.name} next to it to predict contacts"
-        )
-    return model
-
-
-# -------------------------------------------------------------------------------------------------
-# transformers checkpoints
-# -------------------------------------------------------------------------------------------------
-
-_HF_LAYER = re.compile(r"^encoder\.layer\.(\d+|\*)\.(.+)$")
-_HF_LAYER_PARTS = {
-    "attention.self.query": "self_attn.q_proj",
-    "attention.self.key": "self_attn.k_proj",
-    "attention.self.value": "self_attn.v_proj",
-    "attention.output.dense": "self_attn.out_proj",
-    "attention.LayerNorm": "self_attn_layer_norm",
-    "intermediate.dense": "fc1",
-    "output.dense": "fc2",
-    "LayerNorm": "final_layer_norm",
-}
-_HF_PARAM = {"weight": "weight", "bias": "bias", "gamma": "weight", "beta": "bias"}  # gamma/beta: legacy names
-_HF_ROTARY_LAYER_KEY = "attention.self.rotary_embeddings.inv_freq"
-# Keys transformers itself ignores or that are not part of ESM-2 (EsmModel's pooler).
-_HF_DROPPED = re.compile(r"^(embeddings\.position_ids|embeddings\.position_embeddings\.weight|pooler\..*)$")
-
-
-def esm2_state_dict_from_transformers(
-    sd: Mapping[str, torch.Tensor], prefix: str = "", lm_head: bool | None = None
-) -> dict[str, torch.Tensor]:
-    """Map transformers ``EsmModel`` / ``EsmForMaskedLM`` keys to :class:`ESM2`'s (fair-esm's).
-
-    ``prefix`` is where the ``EsmModel`` sits (``"esm."`` inside ``EsmForMaskedLM`` and
-    ``EsmForProteinFolding``); with ``""`` an ``esm.``-prefixed masked-LM dict is recognised. Keys
-    outside the prefix are ignored, except the masked-LM head ``lm_head.{dense,layer_norm,bias,
-    decoder}`` which is mapped when ``lm_head`` is True, or None and ``lm_head.dense.weight`` is present
-    (ESMFold's own ``lm_head`` is a plain Linear and is never taken). Rotary ``inv_freq`` in any
-    layout (per layer, transformers 5.x's model-level key, or the ``layer.*`` key 5.x writes on save)
-    is copied to every layer unchanged. Unknown keys under the prefix are kept under their original
-    name so a strict load reports them.
-    """
-    if not prefix and "embeddings.word_embeddings.weight" not in sd and "esm.embeddings.word_embeddings.weight" in sd:
-        prefix = "esm."
-    out: dict[str, torch.Tensor] = {}
-    shared_inv_freq: torch.Tensor | None = None
-    n_layers = 0
-    for key, value in sd.items():
-        if not key.startswith(prefix):
-            continue
-        name = key[len(prefix) :]
-        if _HF_DROPPED.match(name):
-            continue
-        if name == "embeddings.word_embeddings.weight":
-            out["embed_tokens.weight"] = value
-        elif name.startswith("encoder.emb_layer_norm_after."):
-            out["emb_layer_norm_after." + name.rsplit(".", 1)[1]] = value
-        elif name.startswith("contact_head.regression."):
-            out[name] = value
-        elif name == "rotary_embeddings.inv_freq":
-            shared_inv_freq = value
-        elif (m := _HF_LAYER.match(name)) is not None:
-            idx, rest = m.groups()
-            if rest == _HF_ROTARY_LAYER_KEY:
-                if idx == "*":
-                    shared_inv_freq = value
-                else:
-                    out[f"layers.{idx}.self_attn.rot_emb.inv_freq"] = value
-                continue
-            part, _, param = rest.rpartition(".")
-            if idx == "*" or part not in _HF_LAYER_PARTS or param not in _HF_PARAM:
-                out[key] = value
-                continue
-            out[f"layers.{idx}.{_HF_LAYER_PARTS[part]}.{_HF_PARAM[param]}"] = value
-            n_layers = max(n_layers, int(idx) + 1)
-        else:
-            out[key] = value
-    if shared_inv_freq is not None:
-        for i in range(n_layers):
-            out.setdefault(f"layers.{i}.self_attn.rot_emb.inv_freq", shared_inv_freq)
-    if lm_head is None:
-        lm_head = "lm_head.dense.weight" in sd
-    if lm_head:
-        out.update(_lm_head_from_transformers(sd, out))
-    return out
-
-
-def _lm_head_from_transformers(sd: Mapping[str, torch.Tensor], mapped: Mapping[str, torch.Tensor]) -> dict:
-    out = {}
-    for key, value in sd.items():
-        if key.startswith(("lm_head.dense.", "lm_head.layer_norm.")) or key == "lm_head.bias":
-            out[key] = value
-    # The decoder is tied to the word embeddings; save_pretrained usually leaves it out.
-    decoder = sd.get("lm_head.decoder.weight")
-    out["lm_head.weight"] = decoder if decoder is not None else mapped.get("embed_tokens.weight")
-    if out["lm_head.weight"] is None:
-        del out["lm_head.weight"]
-    return out
-
-
-def esm2_config_from_transformers(config: Mapping[str, Any], source: str = "config.json") -> ESM2Config:
-    """Map a transformers ``EsmConfig`` dict (``config.json``) to :class:`ESM2Config`."""
-    if config.get("position_embedding_type", "absolute") != "rotary":
-        raise CheckpointError(f"{source}: position_embedding_type is not 'rotary': not an ESM-2 model")
-    if config.get("emb_layer_norm_before"):
-        raise CheckpointError(f"{source}: emb_layer_norm_before=True is ESM-1b, not ESM-2")
-    vocab = config.get("vocab_list")
-    if vocab is not None and list(vocab) != Alphabet().all_toks:
-        raise CheckpointError(f"{source}: vocab_list differs from the ESM-2 alphabet")
-    rope = config.get("rope_parameters") or {}
-    mask_id = config.get("mask_token_id")
-    pad_id = config.get("pad_token_id")
-    try:
-        esm = ESM2Config(
-            num_layers=int(config["num_hidden_layers"]),
-            embed_dim=int(config["hidden_size"]),
-            attention_heads=int(config["num_attention_heads"]),
-            token_dropout=bool(config.get("token_dropout", False)),
-            alphabet_size=int(config.get("vocab_size", 33)),
-            padding_idx=1 if pad_id is None else int(pad_id),
-            mask_idx=32 if mask_id is None else int(mask_id),
-            layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
-            rope_theta=float(config.get("rope_theta") or rope.get("rope_theta") or 10000.0),
-        )
-    except KeyError as err:
-        raise CheckpointError(f"{source}: missing field {err}") from err
-    inter = config.get("intermediate_size")
-    if inter is not None and int(inter) != esm.ffn_embed_dim:
-        raise CheckpointError(f"{source}: intermediate_size {inter} != 4 x hidden_size: not an ESM-2 model")
-    return esm
-
-
-def _load_transformers_dir(cls, directory: Path, device, dtype, lm_head: bool | None) -> ESM2:
-    raw_config = load_transformers_config(directory)
-    config = esm2_config_from_transformers(raw_config, str(directory / "config.json"))
-    raw = load_transformers_state_dict(directory)
-    has_lm = "lm_head.dense.weight" in raw
-    build_lm = has_lm if lm_head is None else lm_head
-    if build_lm and not has_lm:
-        raise CheckpointError(f"{directory}: lm_head=True but the checkpoint has no masked-LM head")
-    sd = esm2_state_dict_from_transformers(raw, lm_head=build_lm)
-    model = cls.empty(config, device, dtype, lm_head=build_lm)
-    model.load_esm2_state_dict(sd, directory)
-    return model
-
-
-__all__ = [
-    "ESM2",
-    "ESM2Config",
-    "ESM2ContactHead",
-    "ESM2LMHead",
-    "ESM2Layer",
-    "ESM2SelfAttention",
-    "RotaryEmbedding",
-    "attention_with_weights",
-    "esm2_config_from_fair_esm",
-    "esm2_config_from_transformers",
-    "esm2_state_dict_from_fair_esm",
-    "esm2_state_dict_from_transformers",
-]
+__all__ = ["ESM2", "ESM2ContactHead", "ESM2LMHead", "ESM2Layer", "ESM2SelfAttention", "RotaryEmbedding"]

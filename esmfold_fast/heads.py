@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from .memory import HEAD_CHUNK_ELEMENTS, rows_per_chunk, spans
+
 DISTOGRAM_BINS = 64
 LDDT_BINS = 50
 PAE_MAX_BIN = 31  # Angstrom; the last bin is open-ended
@@ -24,10 +26,6 @@ def lddt_head(c_s: int, hidden: int, bins: int = LDDT_BINS) -> nn.Sequential:
     return nn.Sequential(nn.LayerNorm(c_s), nn.Linear(c_s, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, 37 * bins))
 
 
-# Elements of one chunk of head logits (8 MB in fp32): pair-wide heads are evaluated chunk by chunk.
-HEAD_CHUNK_ELEMENTS = 1 << 21
-
-
 def pair_linear(head: nn.Linear, z: torch.Tensor) -> torch.Tensor:
     """``head(z)`` [B, L, L, out] in the head's dtype, over row chunks of z, so a cast copy of z (bf16 trunk,
     float32 head) is never pair-wide."""
@@ -35,9 +33,8 @@ def pair_linear(head: nn.Linear, z: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled():
         return head(z.to(head.weight.dtype))
     out = z.new_empty(b, n, n, head.out_features, dtype=head.weight.dtype)
-    rows = max(1, HEAD_CHUNK_ELEMENTS // max(1, n * max(z.shape[-1], head.out_features)))
-    for r0 in range(0, n, rows):
-        out[:, r0 : r0 + rows] = head(z[:, r0 : r0 + rows].to(head.weight.dtype))
+    for r in spans(n, rows_per_chunk(n, n * max(z.shape[-1], head.out_features), budget=HEAD_CHUNK_ELEMENTS)):
+        out[:, r] = head(z[:, r].to(head.weight.dtype))
     return out
 
 

@@ -1,4 +1,4 @@
-"""Structure and confidence output: PDB text, mmCIF (through Biopython) and a scores dict for JSON.
+"""Structure and confidence output: PDB and mmCIF (Biopython, one structure) and a scores dict for JSON.
 
 Every function takes the dict returned by ``ESMFold.infer`` (fair-esm's keys) and works per batch
 item on the *real* residues only: padding and multimer linker residues (whose
@@ -56,7 +56,8 @@ class _Item:
 
 
 def output_to_pdbs(output: Mapping[str, Any]) -> list[str]:
-    """One PDB string per batch item (ATOM records with element column, TER per chain, END)."""
+    """One PDB string per batch item, written by Biopython's ``PDBIO`` (ATOM records with element
+    column, TER per chain, END); B-factors are pLDDT."""
     atom37 = _atom37_positions(output)
     return [_item_to_pdb(_select_item(output, atom37, i)) for i in range(atom37.shape[0])]
 
@@ -241,41 +242,43 @@ def _select_item(output: Mapping[str, Any], atom37: np.ndarray, i: int) -> _Item
 
 
 def _item_to_pdb(item: _Item) -> str:
-    """PDB text, fixed columns as in the wwPDB format 3.3 ATOM/TER record definitions.
+    """PDB text written by Biopython's ``PDBIO`` from :func:`_item_to_structure`'s structure.
 
-    Residues without atoms (``X``) have no ATOM records; TER follows each chain's last written residue.
+    The records match OpenFold's ``protein.to_pdb`` (ESMFold's own writer) column for column: one
+    model without MODEL/ENDMDL or header records, ATOM records with occupancy 1.00, pLDDT as
+    ``%6.2f`` in the B-factor column and the element symbol, a TER after each chain's last written
+    residue and END. Atom serials are the structure's own (``preserve_atom_numbering``) so that, as
+    in the wwPDB format and OpenFold, each TER takes a serial and the next chain continues after it;
+    PDBIO's own numbering would give a TER the serial of the next chain's first atom. The only other
+    difference from a hand-written formatter is trailing blanks: PDBIO pads TER to 80 columns and
+    writes ``END`` as a 6-column record name, which no parser reads.
+
+    PDBIO refuses serials over 99999 and residue numbers over 9999, but only while writing and
+    without pointing anywhere (and a TER serial past 99999 it would write, one column too wide),
+    so both limits are checked here first, with the way out: mmCIF.
     """
-    written = np.flatnonzero(item.atom_mask.any(-1))  # [m] residues with atoms
+    from Bio.PDB.PDBIO import PDBIO
+
     if int(item.atom_mask.sum()) + len(np.unique(item.chain)) > _PDB_MAX_SERIAL:
         raise ValueError(
             "too many atoms for the PDB format's 5-digit serial numbers; write mmCIF (--format cif)"
         )
     if item.resnum.max() > _PDB_MAX_RESSEQ:
         raise ValueError("residue numbers over 9999 do not fit the PDB format; write mmCIF (--format cif)")
-    lines = []
-    serial = 1
-    for pos, j in enumerate(written):
-        resname, chain_id, resseq = item.resname(j), CHAIN_IDS[item.chain[j]], int(item.resnum[j])
-        for k in np.flatnonzero(item.atom_mask[j]):
-            atom = rc.atom_types[k]
-            # Names of up to 3 characters start in column 14 so the element stays in columns 13-14.
-            name = atom if len(atom) == 4 else f" {atom}"
-            x, y, z = item.positions[j, k]
-            lines.append(
-                f"{'ATOM':<6}{serial:>5} {name:<4} {resname:>3} {chain_id}{resseq:>4}    "
-                f"{x:>8.3f}{y:>8.3f}{z:>8.3f}{1.0:>6.2f}{item.plddt[j, k]:>6.2f}          "
-                f"{atom[0]:>2}  "
-            )
-            serial += 1
-        if pos == len(written) - 1 or item.chain[written[pos + 1]] != item.chain[j]:
-            lines.append(f"{'TER':<6}{serial:>5}      {resname:>3} {chain_id}{resseq:>4}")
-            serial += 1
-    lines.append("END")
-    return "\n".join(lines) + "\n"
+    writer = PDBIO()
+    writer.set_structure(_item_to_structure(item, "esmfold"))
+    buf = io.StringIO()
+    writer.save(buf, preserve_atom_numbering=True)
+    return buf.getvalue()
 
 
 def _item_to_structure(item: _Item, name: str):
-    """A Biopython ``Structure`` (one model) of the item, B-factors set to pLDDT."""
+    """A Biopython ``Structure`` (one model) of the item, B-factors set to pLDDT.
+
+    Atoms come in atom37 order (AlphaFold's) within each residue; residues without atoms (``X``)
+    are left out. Serial numbers skip one after each chain, the serial of the PDB TER record
+    (MMCIFIO numbers atoms itself). Coordinates stay float64, the values the PDB columns round.
+    """
     from Bio.PDB.StructureBuilder import StructureBuilder
 
     builder = StructureBuilder()
@@ -283,8 +286,11 @@ def _item_to_structure(item: _Item, name: str):
     builder.init_model(0)
     builder.init_seg("    ")
     current_chain = None
+    serial = 1
     for j in np.flatnonzero(item.atom_mask.any(-1)):  # X residues have no atoms to write
         if item.chain[j] != current_chain:
+            if current_chain is not None:
+                serial += 1  # the TER record closing the previous chain
             current_chain = item.chain[j]
             builder.init_chain(CHAIN_IDS[current_chain])
         builder.init_residue(item.resname(j), " ", int(item.resnum[j]), " ")
@@ -292,13 +298,15 @@ def _item_to_structure(item: _Item, name: str):
             atom = rc.atom_types[k]
             builder.init_atom(
                 atom,
-                item.positions[j, k].astype(np.float32),
+                item.positions[j, k],
                 round(float(item.plddt[j, k]), 2),  # the precision of the PDB column
                 1.0,
                 " ",
                 atom if len(atom) == 4 else f" {atom:<3}",
+                serial_number=serial,
                 element=atom[0],
             )
+            serial += 1
     return builder.get_structure()
 
 

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from . import residue_constants as rc
 from .config import StructureModuleConfig
+from .memory import STRUCTURE_CHUNK_ELEMENTS, rows_per_chunk, spans
 from .rigid import (
     Rigid,
     compose_q_update_vec,
@@ -26,10 +27,6 @@ from .rigid import (
     quat_to_rot,
     torsion_angles_to_frames,
 )
-
-
-# Elements of one row chunk when the pair representation is normalised in place (16 MB in fp32).
-PAIR_CHUNK_ELEMENTS = 1 << 22
 
 
 def _frame_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -233,14 +230,23 @@ class StructureModule(nn.Module):
     def _table(array, device=None) -> Tensor:
         return torch.tensor(array, dtype=torch.float32, device=device)
 
+    _FLOAT_TABLES = (
+        ("default_frames", rc.restype_rigid_group_default_frame),
+        ("atom_mask", rc.restype_atom14_mask),
+        ("lit_positions", rc.restype_atom14_rigid_group_positions),
+    )
+
+    def reset_buffers(self) -> None:
+        """Refill the geometry tables (after ``to_empty`` gave them uninitialised storage)."""
+        with torch.no_grad():
+            for name, array in self._FLOAT_TABLES:
+                getattr(self, name).copy_(self._table(array))
+            self.group_idx.copy_(torch.tensor(rc.restype_atom14_to_rigid_group))
+
     def _apply(self, fn, recurse=True):
         # ``.half()`` / ``.to(bfloat16)`` would round the literature geometry; keep it at float32 or better.
         super()._apply(fn, recurse)
-        for name, array in (
-            ("default_frames", rc.restype_rigid_group_default_frame),
-            ("atom_mask", rc.restype_atom14_mask),
-            ("lit_positions", rc.restype_atom14_rigid_group_positions),
-        ):
+        for name, array in self._FLOAT_TABLES:
             buf = getattr(self, name)
             if _frame_dtype(buf.dtype) != buf.dtype:
                 setattr(self, name, self._table(array, buf.device))
@@ -252,9 +258,8 @@ class StructureModule(nn.Module):
         if not in_place or torch.is_grad_enabled():
             return self.layer_norm_z(pair)
         n = pair.shape[1]
-        rows = max(1, PAIR_CHUNK_ELEMENTS // max(1, n * pair.shape[-1]))
-        for r0 in range(0, n, rows):
-            pair[:, r0 : r0 + rows] = self.layer_norm_z(pair[:, r0 : r0 + rows])
+        for r in spans(n, rows_per_chunk(n, n * pair.shape[-1], budget=STRUCTURE_CHUNK_ELEMENTS)):
+            pair[:, r] = self.layer_norm_z(pair[:, r])
         return pair
 
     def forward(

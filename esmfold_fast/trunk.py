@@ -4,7 +4,7 @@ State-dict key names are transformers' ``EsmFoldingTrunk`` ones (``trunk.blocks.
 ...), which are also fair-esm's, so the official checkpoints load unchanged.
 
 The pair state ``z`` [B, L, L, c_z] dominates memory, so every pair-wide update is computed over row chunks
-and, under ``torch.no_grad()``, added into ``z`` in place: the widest temporaries are chunk-sized, never
+(``chunk_size`` and the element budget of :mod:`.memory`) and, under ``torch.no_grad()``, added into ``z`` in place: the widest temporaries are chunk-sized, never
 ``L x L x 4 c_z``. With autograd on, the same chunks are concatenated and added out of place so backward
 sees unmodified inputs. Hot paths (LayerNorm, the attention core, triangle multiplication) go through the
 backend ops (``self.ops``); gating and output projections stay in model code.
@@ -12,9 +12,8 @@ backend ops (``self.ops``); gating and output projections stay in model code.
 
 from __future__ import annotations
 
-import ctypes
 import math
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,11 +23,8 @@ from fastfold_kernels.triangle_multiplicative_update import TriMulWeights
 
 from .backend import BackendModule
 from .config import TrunkConfig
+from .memory import release_freed_heap, rows_per_chunk, spans
 from .structure_module import StructureModule
-
-# Elements allowed in the widest chunk temporary (32 MB in fp32). Row chunks are sized to stay under it, so
-# peak memory is z plus a few chunk-sized buffers whatever L is.
-CHUNK_BUDGET_ELEMENTS = 1 << 23
 
 # AlphaFold2 recycling distogram (supplement 1.10): 15 bins of the CB-CB distance between 3.375 and 21.375 A.
 RECYCLE_BINS = 15
@@ -36,39 +32,6 @@ RECYCLE_MIN_BIN = 3.375
 RECYCLE_MAX_BIN = 21.375
 # Ideal CB from backbone N, CA, C (AlphaFold2 ``pseudo_beta`` from the idealised geometry, as in fair-esm).
 CB_COEF_A, CB_COEF_B, CB_COEF_C = -0.58273431, 0.56802827, -0.54067466
-
-
-def release_freed_heap() -> None:
-    """Return heap memory that no tensor uses any more to the OS (glibc ``malloc_trim``; elsewhere a no-op).
-
-    Chunk-sized temporaries under glibc's dynamic mmap threshold (up to 32 MB) come from the heap, whose
-    freed pages stay resident: between the phases of a fold (language model, trunk, heads) that is 100-200 MB
-    of peak RSS at L=640. Trimming costs a few milliseconds.
-    """
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        try:
-            _MALLOC_TRIM = ctypes.CDLL(None).malloc_trim
-        except (AttributeError, OSError):
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
-
-
-_MALLOC_TRIM: Callable[[int], int] | bool | None = None
-
-
-def _spans(n: int, step: int) -> Iterator[slice]:
-    for start in range(0, n, step):
-        yield slice(start, min(n, start + step))
-
-
-def rows_per_chunk(n_rows: int, elements_per_row: int, chunk_size: int | None) -> int:
-    """Rows per chunk: at most ``chunk_size`` and within :data:`CHUNK_BUDGET_ELEMENTS`."""
-    rows = max(1, CHUNK_BUDGET_ELEMENTS // max(1, elements_per_row))
-    if chunk_size is not None:
-        rows = min(rows, int(chunk_size))
-    return max(1, min(rows, n_rows))
 
 
 def _inplace_ok() -> bool:
@@ -92,10 +55,10 @@ def add_rowwise_(
     view = z.transpose(1, 2) if transpose else z  # [B, L, L, C]
     n = view.shape[1]
     if _inplace_ok() and dropout is None:
-        for r in _spans(n, rows):
+        for r in spans(n, rows):
             view[:, r] += update_rows(r)
         return z
-    update = torch.cat([update_rows(r) for r in _spans(n, rows)], dim=1)
+    update = torch.cat([update_rows(r) for r in spans(n, rows)], dim=1)
     if transpose:
         update = update.transpose(1, 2)
     if dropout is not None:  # in z's coordinates: its shared dim refers to z, not to the transposed view
@@ -159,7 +122,7 @@ class PairToSequence(BackendModule):
         """z [B, L, L, c_z] -> bias [B, H, L, L] (query, key), computed over row chunks."""
         b, n, _, c_z = z.shape
         bias = z.new_empty(b, self.linear.out_features, n, n)  # [B, H, L, L]
-        for r in _spans(n, rows_per_chunk(n, n * c_z, chunk_size)):
+        for r in spans(n, rows_per_chunk(n, n * c_z, chunk_size)):
             h = self.ops.layer_norm(z[:, r], self.layernorm.weight, self.layernorm.bias, self.layernorm.eps)
             bias[:, :, r, :] = self.linear(h).permute(0, 3, 1, 2)
         return bias
@@ -324,7 +287,7 @@ class TriangleAttention(BackendModule):
         """bias[b, h, q, k] = linear(LN(zt))[b, q, k, h] -> [B, H, L, L], built over row chunks of ``zt``."""
         b, n, _, c = zt.shape
         bias = zt.new_empty(b, self.no_heads, n, n)
-        for r in _spans(n, rows_per_chunk(n, n * c, chunk_size)):
+        for r in spans(n, rows_per_chunk(n, n * c, chunk_size)):
             bias[:, :, r, :] = self.linear(self._norm(zt[:, r])).permute(0, 3, 1, 2)
         return bias
 
@@ -467,7 +430,7 @@ def recycle_distogram_bins(positions: torch.Tensor) -> torch.Tensor:
 class FoldingTrunk(BackendModule):
     """The ESMFold trunk with recycling (AlphaFold2 Algorithm 2's recycling, ESMFold's variant).
 
-    ``no_recycles=None`` runs ``max_recycles`` passes; an explicit N runs N + 1. All passes but the last run
+    ``num_recycles=None`` runs ``max_recycles`` passes; an explicit N runs N + 1. All passes but the last run
     without autograd.
     """
 
@@ -490,17 +453,17 @@ class FoldingTrunk(BackendModule):
         self.chunk_size = config.chunk_size
 
     def set_chunk_size(self, chunk_size: int | None) -> None:
-        """Cap on the rows per chunk of pair-wide work (``None``: only the memory budget caps it)."""
+        """Set ``chunk_size``, the most pair rows per chunk (see :mod:`esmfold_fast.memory`)."""
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size}")
         self.chunk_size = chunk_size
 
-    def num_passes(self, no_recycles: int | None) -> int:
-        if no_recycles is None:
+    def num_passes(self, num_recycles: int | None) -> int:
+        if num_recycles is None:
             return max(1, self.config.max_recycles)
-        if no_recycles < 0:
-            raise ValueError(f"number of recycles must not be negative, got {no_recycles}")
-        return no_recycles + 1
+        if num_recycles < 0:
+            raise ValueError(f"number of recycles must not be negative, got {num_recycles}")
+        return num_recycles + 1
 
     def _pair_input(
         self,
@@ -523,7 +486,7 @@ class FoldingTrunk(BackendModule):
         else:
             out = like.new_empty(b, n, n, c_z, dtype=self.recycle_z_norm.weight.dtype)  # the pair track's dtype
         norm = self.recycle_z_norm
-        for r in _spans(n, rows_per_chunk(n, n * c_z, self.chunk_size)):
+        for r in spans(n, rows_per_chunk(n, n * c_z, self.chunk_size)):
             if prev_z is None:
                 t = self.recycle_disto(bins[:, r]) + norm.bias
             else:
@@ -548,7 +511,7 @@ class FoldingTrunk(BackendModule):
         b, n = z.shape[:2]
         lin = self.trunk2sm_z
         out = z.new_empty(b, n, n, lin.out_features, dtype=lin.weight.dtype)
-        for r in _spans(n, rows_per_chunk(n, n * max(z.shape[-1], lin.out_features), self.chunk_size)):
+        for r in spans(n, rows_per_chunk(n, n * max(z.shape[-1], lin.out_features), self.chunk_size)):
             out[:, r] = self._linear_in_its_dtype(lin, z[:, r])
         return out
 
@@ -559,11 +522,11 @@ class FoldingTrunk(BackendModule):
         true_aa: torch.Tensor,
         residx: torch.Tensor,
         mask: torch.Tensor,
-        no_recycles: int | None = None,
+        num_recycles: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """seq_feats [B, L, c_s], pair_feats [B, L, L, c_z] or None (zeros), true_aa [B, L], residx [B, L]
         long, mask [B, L] -> the structure module's outputs plus ``s_s`` [B, L, c_s], ``s_z`` [B, L, L, c_z]."""
-        passes = self.num_passes(no_recycles)
+        passes = self.num_passes(num_recycles)
         mask_f = mask.to(seq_feats.dtype)
         b, n, _ = seq_feats.shape
         prev_s = prev_z = None

@@ -14,30 +14,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
-from ._runtime import AOTConfig, interpreting
+from .utils import TRITON_DTYPES, AOTConfig, cast_rne, require_triton, tl, triton
 
 # Elements one program normalises at once; rows are packed into the tile when C is narrow (the pair
 # tensor's C=128 rows would leave most lanes idle one row per program).
 _TILE_ELEMS = 4096
-
-
-# Triton's interpreter truncates fp32 -> bf16 where the GPU rounds to nearest even; emulate it there.
-_EMULATE_BF16_RNE = tl.constexpr(interpreting())
-
-
-@triton.jit
-def cast_rne(x, DTYPE: tl.constexpr):
-    """``x.to(DTYPE)`` rounding to nearest even, as GPUs and PyTorch do, under the interpreter too."""
-    if _EMULATE_BF16_RNE and DTYPE == tl.bfloat16:
-        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
-        bits = bits + 0x7FFF + ((bits >> 16) & 1)  # round half to even on the 16 dropped bits
-        y = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    else:
-        y = x.to(DTYPE)
-    return y
 
 
 @triton.jit
@@ -150,6 +132,7 @@ def layer_norm(
     Rows may be strided views (the last dim must be contiguous, otherwise x is copied once). Outputs
     are new contiguous tensors of x's shape and dtype. fp16, bf16 and fp32 inputs; statistics in fp32.
     """
+    require_triton()
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"layer_norm (triton) supports fp16/bf16/fp32, got {x.dtype}; use the torch backend")
     C = x.shape[-1]
@@ -229,7 +212,6 @@ def layer_norm_torch(
 # 128 (the structure module's LayerNorms are nn.LayerNorm). The LM runs in fp16/bf16/fp32, the trunk
 # in fp32 or bf16.
 _MODEL_WIDTHS = (128, 320, 480, 640, 1024, 1280, 2560, 5120)
-_TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 def _launch_shapes(widths=_MODEL_WIDTHS) -> dict[tuple[int, int, int], list[int]]:
@@ -246,7 +228,7 @@ def aot_configs() -> list[AOTConfig]:
     widths it serves; the same on every architecture."""
     configs = []
     for (block_r, block_c, num_warps), widths in _launch_shapes().items():
-        for tdt in _TRITON_DTYPES.values():
+        for tdt in TRITON_DTYPES.values():
             for has_res in (False, True):
                 ptr = f"*{tdt}"
                 signature = {

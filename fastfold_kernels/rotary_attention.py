@@ -18,29 +18,21 @@ All three take ``q, k, v: [B, L, H, D]`` (any strides with a unit last-dim strid
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
-from ._runtime import AOTConfig, cuda_arch, interpreting
+from .utils import (
+    LOG2E, TRITON_DTYPES, AOTConfig, aot_config, attention_launch, attention_operands, cuda_arch, dot,
+    dot_block, interpreting, require_triton, tl, triton,
+)  # fmt: skip
 
 __all__ = [
     "rotary_attention",
     "rotary_attention_reference",
     "rotary_attention_torch",
     "aot_configs",
-    "FP32_DOT_PRECISION",
 ]
 
-# tl.dot input_precision for fp32 inputs of both attention kernels, read at every launch: "ieee"
-# (default: full fp32 on FMA units, parity with the fp32/fp64 references), "tf32x3" (tensor cores,
-# near-fp32), "tf32" (FASTFOLD_ALLOW_TF32=1: fastest, ~1e-3 relative). bf16/fp16 always use tensor cores.
-FP32_DOT_PRECISION = "tf32" if os.environ.get("FASTFOLD_ALLOW_TF32", "0") == "1" else "ieee"
-
-_LOG2E = 1.4426950408889634
 _HEAD_DIMS = (16, 24, 32, 64, 128)
 
 
@@ -67,11 +59,15 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def rotary_attention_reference(q, k, v, cos, sin, key_padding_mask=None, scale=None):
+def rotary_attention_reference(q, k, v, cos, sin, key_padding_mask=None, scale=None, return_weights=False):
     """Naive ESM-2 attention core, step by step as fair-esm's ``MultiheadAttention`` does it.
 
     q, k, v: [B, L, H, D]; cos, sin: [L, D]; key_padding_mask: [B, L] bool (True = padding) or None.
-    Matmuls run in the input dtype, the softmax in (at least) fp32; returns [B, L, H, D] in q's dtype.
+    The tables are cast to q's dtype, q is scaled before the rotation, matmuls run in the input dtype
+    and the softmax over keys in (at least) fp32 (fp64 for fp64 input). Returns [B, L, H, D] in q's
+    dtype; with ``return_weights`` the pair ``(out, probs)``, probs [B, H, L(query), L(key)] being
+    that softmax rounded to q's dtype (``out`` is the same either way; padding keys get probability
+    0, and a query whose keys are all padding gets NaN in both). Differentiable.
     """
     _check_inputs(q, k, v, cos, sin, key_padding_mask)
     D = q.shape[-1]
@@ -85,8 +81,8 @@ def rotary_attention_reference(q, k, v, cos, sin, key_padding_mask=None, scale=N
     if key_padding_mask is not None:
         logits = logits.masked_fill(key_padding_mask[:, None, None, :].bool(), float("-inf"))
     probs = torch.softmax(logits, dim=-1, dtype=torch.promote_types(q.dtype, torch.float32))
-    out = probs.to(v.dtype) @ v.transpose(1, 2)  # [B, H, L, D]
-    return out.transpose(1, 2).to(q.dtype)
+    out = (probs.to(v.dtype) @ v.transpose(1, 2)).transpose(1, 2).to(q.dtype)  # [B, L, H, D]
+    return (out, probs.to(q.dtype)) if return_weights else out
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,19 +145,6 @@ def rotary_attention_torch(q, k, v, cos, sin, key_padding_mask=None, scale=None)
 # --------------------------------------------------------------------------------------------
 # Triton kernel
 # --------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _dot(a, b, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    """``a @ b`` with fp32 accumulation.
-
-    ``UPCAST_DOT`` is set only under Triton's CPU interpreter for bf16, whose ``tl.dot`` misreads
-    bf16 operands (triton 3.9); bf16 x bf16 products are exact in fp32, so upcasting the (already
-    bf16-rounded) operands computes what a tensor-core mma computes.
-    """
-    if UPCAST_DOT:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    return tl.dot(a, b, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -240,9 +223,9 @@ def _rotary_attention_fwd(
         offs_n = start_n + tl.arange(0, BLOCK_N)  # [BLOCK_N]
         n_ok = offs_n < L
         k1, k2 = _rotary_halves(k_base, offs_n, stride_kl, dh, h_ok, n_ok, cos_ptr, sin_ptr, D, half)
-        s = _dot(q1, tl.trans(k1.to(k_ptr.dtype.element_ty)), DOT_PRECISION, UPCAST_DOT)
+        s = dot(q1, tl.trans(k1.to(k_ptr.dtype.element_ty)), None, DOT_PRECISION, UPCAST_DOT)
         # [BLOCK_M, BLOCK_N] logits in log2 units
-        s += _dot(q2, tl.trans(k2.to(k_ptr.dtype.element_ty)), DOT_PRECISION, UPCAST_DOT)
+        s += dot(q2, tl.trans(k2.to(k_ptr.dtype.element_ty)), None, DOT_PRECISION, UPCAST_DOT)
         keep = n_ok
         if HAS_MASK:
             pad = tl.load(mask_ptr + b64 * stride_mb + offs_n, mask=n_ok, other=1)
@@ -260,7 +243,7 @@ def _rotary_attention_fwd(
             mask=n_ok[:, None] & d_ok[None, :],
             other=0.0,
         )  # [BLOCK_N, BLOCK_D]
-        acc = acc * alpha[:, None] + _dot(p.to(vt.dtype), vt, DOT_PRECISION, UPCAST_DOT)
+        acc = acc * alpha[:, None] + dot(p.to(vt.dtype), vt, None, DOT_PRECISION, UPCAST_DOT)
         m_i = m_new
 
     out = acc / l_i[:, None]  # all-padding queries: 0/0 = NaN, as fair-esm's softmax gives
@@ -270,7 +253,7 @@ def _rotary_attention_fwd(
 
 def _blocks(D: int) -> dict:
     """Padded power-of-two widths of the value tile and of one rotary half (tl.dot needs >= 16)."""
-    return dict(BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_H=max(16, triton.next_power_of_2(D // 2)))
+    return dict(BLOCK_D=dot_block(D), BLOCK_H=dot_block(D // 2))
 
 
 def _cuda_tiles(D: int, dtype: torch.dtype, arch: int = 90) -> dict:
@@ -314,20 +297,12 @@ def rotary_attention(q, k, v, cos, sin, key_padding_mask=None, scale=None, out=N
     Returns:
         [B, L, H, D] in q's dtype.
     """
+    require_triton()
     _check_inputs(q, k, v, cos, sin, key_padding_mask)
     B, L, H, D = q.shape
-    if D > 128:
-        raise ValueError(f"rotary_attention kernel supports D <= 128; got {D}")
-    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"q, k, v must share one of fp16/bf16/fp32; got {q.dtype}, {k.dtype}, {v.dtype}")
-    scale = D**-0.5 if scale is None else float(scale)
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    q, k, v, scale, out = attention_operands("rotary_attention", "[B, L, H, D]", q, k, v, scale, out)
     cos = cos.to(device=q.device, dtype=torch.float32).contiguous()
     sin = sin.to(device=q.device, dtype=torch.float32).contiguous()
-    if out is None:
-        out = torch.empty((B, L, H, D), dtype=q.dtype, device=q.device)
-    elif out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
-        raise ValueError("out must be a [B, L, H, D] buffer of q's dtype with unit stride on D")
     if key_padding_mask is not None:
         mask = key_padding_mask.to(device=q.device, dtype=torch.bool)
         mask = mask.contiguous().view(torch.uint8)  # [B, L]
@@ -345,21 +320,10 @@ def rotary_attention(q, k, v, cos, sin, key_padding_mask=None, scale=None, out=N
         v.stride(0), v.stride(1), v.stride(2),
         stride_mb,
         out.stride(0), out.stride(1), out.stride(2),
-        L, H, D, scale * _LOG2E,
-        HAS_MASK=key_padding_mask is not None,
-        BLOCK_M=cfg["BLOCK_M"],
-        BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_D=cfg["BLOCK_D"],
-        BLOCK_H=cfg["BLOCK_H"],
-        DOT_PRECISION=FP32_DOT_PRECISION if q.dtype == torch.float32 else "tf32",
-        UPCAST_DOT=interpreting() and q.dtype == torch.bfloat16,
-        num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
+        L, H, D, scale * LOG2E.value,
+        **attention_launch(cfg, key_padding_mask is not None, q.dtype),
     )
     return out
-
-
-_TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
 def aot_configs(arch: int = 90) -> list[AOTConfig]:
@@ -370,12 +334,12 @@ def aot_configs(arch: int = 90) -> list[AOTConfig]:
     run one compiled kernel, listed once and named by the dims it serves.
     """
     configs = []
-    for dtype, tname in _TRITON_DTYPE.items():
-        by_tiles: dict[tuple, list[int]] = {}
+    for dtype, tname in TRITON_DTYPES.items():
+        by_tiles: dict[tuple, tuple[dict, list[int]]] = {}
         for D in _HEAD_DIMS:
-            by_tiles.setdefault(tuple(sorted(_cuda_tiles(D, dtype, arch).items())), []).append(D)
-        for tile_items, dims in by_tiles.items():
-            tiles = dict(tile_items)
+            tiles = _cuda_tiles(D, dtype, arch)
+            by_tiles.setdefault(tuple(sorted(tiles.items())), (tiles, []))[1].append(D)
+        for tiles, dims in by_tiles.values():
             for has_mask in (False, True):
                 signature = {
                     "q_ptr": f"*{tname}", "k_ptr": f"*{tname}", "v_ptr": f"*{tname}",
@@ -383,30 +347,14 @@ def aot_configs(arch: int = 90) -> list[AOTConfig]:
                     "mask_ptr": "*u8" if has_mask else f"*{tname}",
                     "out_ptr": f"*{tname}",
                 }
-                for name in (
+                for arg in (
                     "stride_qb", "stride_ql", "stride_qh", "stride_kb", "stride_kl", "stride_kh",
                     "stride_vb", "stride_vl", "stride_vh", "stride_mb",
                     "stride_ob", "stride_ol", "stride_oh", "L", "H", "D",
                 ):
-                    signature[name] = "i32"
+                    signature[arg] = "i32"
                 signature["qk_scale"] = "fp32"
-                configs.append(
-                    AOTConfig(
-                        name=f"rotary_attention_fwd_{tname}_d{'-'.join(map(str, dims))}{'_mask' if has_mask else ''}",
-                        fn=_rotary_attention_fwd,
-                        signature=signature,
-                        constexprs=dict(
-                            HAS_MASK=has_mask,
-                            BLOCK_M=tiles["BLOCK_M"],
-                            BLOCK_N=tiles["BLOCK_N"],
-                            BLOCK_D=tiles["BLOCK_D"],
-                            BLOCK_H=tiles["BLOCK_H"],
-                            DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
-                            UPCAST_DOT=False,
-                        ),
-                        num_warps=tiles["num_warps"],
-                        num_stages=tiles["num_stages"],
-                        uses_dot=True,
-                    )
-                )
+                name = f"rotary_attention_fwd_{tname}_d{'-'.join(map(str, dims))}{'_mask' if has_mask else ''}"
+                launch = attention_launch(tiles, has_mask, dtype, aot=True)
+                configs.append(aot_config(name, _rotary_attention_fwd, signature, launch, uses_dot=True))
     return configs

@@ -14,18 +14,23 @@ The mask penalty is large but finite, so a fully masked row (padding) gives fini
 * :func:`triangle_attention_reference` - naive einsum + softmax over everything at once (the oracle).
 * :func:`triangle_attention_torch` - ``F.scaled_dot_product_attention`` over chunks of rows, so only
   ``[chunk, H, J, J]`` scores/masks exist at a time (the ``torch`` backend, what CPU users run).
+
+All three share the signature ``(q, k, v, bias, mask=None, scale=None, chunk_size=None)`` (the kernel
+adds ``out=``). ``chunk_size``, as in every op over the pair representation, is an upper bound on
+the pair rows (here rows ``i``) handled per block of work; None chooses. It bounds peak memory, never
+changes the result, and only :func:`triangle_attention_torch` needs it: the reference and the kernel
+(O(L^2) memory whatever the rows) accept and ignore it.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
-from . import rotary_attention as _rotary
-from ._runtime import AOTConfig, cuda_arch, interpreting
-from .rotary_attention import _dot
+from .utils import (
+    LOG2E, TRITON_DTYPES, AOTConfig, aot_config, attention_launch, attention_operands, cuda_arch, dot,
+    dot_block, interpreting, require_triton, tl, triton,
+)  # fmt: skip
 
 __all__ = [
     "triangle_attention",
@@ -34,8 +39,8 @@ __all__ = [
     "aot_configs",
 ]
 
-_LOG2E = 1.4426950408889634
 _MASK_PENALTY = 1e9  # OpenFold's inf for masked keys: finite, so a fully masked row stays finite
+_MASK_PENALTY_LOG2 = tl.constexpr(_MASK_PENALTY * LOG2E.value)  # the kernel's, in log2 units
 # Scores materialised per chunk by the torch path (fp32 [chunk, H, J, J] scores plus the mask).
 _TORCH_SCORE_BUDGET_BYTES = 128 * 2**20
 
@@ -60,7 +65,7 @@ def triangle_attention_reference(q, k, v, bias, mask=None, scale=None, chunk_siz
 
     q, k, v: [B, I, J, H, D]; bias: [B, H, J, J]; mask: [B, I, J] (1 = key attended) or None.
     Matmuls run in the input dtype, bias/mask/softmax in (at least) fp32. ``chunk_size`` is
-    accepted for signature parity and ignored. Returns [B, I, J, H, D] in q's dtype.
+    accepted and ignored. Returns [B, I, J, H, D] in q's dtype.
     """
     _check_inputs(q, k, v, bias, mask)
     D = q.shape[-1]
@@ -91,7 +96,7 @@ def triangle_attention_torch(q, k, v, bias, mask=None, scale=None, chunk_size=No
     Per batch element and chunk of rows the q/k/v views are permuted to [chunk, H, J, D] without
     copying; without a mask (or with an all-ones one) the shared bias is only broadcast, otherwise
     it is summed with the rows' key penalties into one reused [chunk, H, J, J] buffer.
-    ``chunk_size`` rows per call (None: automatic, about 128 MB of scores).
+    ``chunk_size`` rows ``i`` per call (None: automatic, about 128 MB of scores).
     Returns [B, I, J, H, D] (contiguous) in q's dtype.
     """
     _check_inputs(q, k, v, bias, mask)
@@ -184,16 +189,16 @@ def _triangle_attention_fwd(
         n_ok = offs_n < J
         kv_ok = n_ok[:, None] & d_ok[None, :]
         kt = tl.load(k_base + offs_n[:, None] * stride_kj + d[None, :], mask=kv_ok, other=0.0)  # [BLOCK_N, BLOCK_D]
-        s = _dot(q, tl.trans(kt), DOT_PRECISION, UPCAST_DOT)  # [BLOCK_M, BLOCK_N]
+        s = dot(q, tl.trans(kt), None, DOT_PRECISION, UPCAST_DOT)  # [BLOCK_M, BLOCK_N]
         bias = tl.load(
             bias_base + offs_m[:, None] * stride_bq + offs_n[None, :] * stride_bk,
             mask=m_ok[:, None] & n_ok[None, :],
             other=0.0,
         ).to(tl.float32)  # [BLOCK_M, BLOCK_N], the same tile for every row i
-        s += bias * 1.4426950408889634
+        s += bias * LOG2E
         if HAS_MASK:
             key_mask = tl.load(mask_ptr + b * stride_mb + i * stride_mi + offs_n, mask=n_ok, other=1.0)
-            s += ((key_mask - 1.0) * (1e9 * 1.4426950408889634))[None, :]
+            s += ((key_mask - 1.0) * _MASK_PENALTY_LOG2)[None, :]
         s = tl.where(n_ok[None, :], s, float("-inf"))  # keys past J: exactly zero weight
 
         # The first key tile always holds key 0 with a finite logit, so m_new is finite from the start.
@@ -202,7 +207,7 @@ def _triangle_attention_fwd(
         p = tl.exp2(s - m_new[:, None])  # [BLOCK_M, BLOCK_N]
         l_i = l_i * alpha + tl.sum(p, axis=1)
         vt = tl.load(v_base + offs_n[:, None] * stride_vj + d[None, :], mask=kv_ok, other=0.0)  # [BLOCK_N, BLOCK_D]
-        acc = acc * alpha[:, None] + _dot(p.to(vt.dtype), vt, DOT_PRECISION, UPCAST_DOT)
+        acc = acc * alpha[:, None] + dot(p.to(vt.dtype), vt, None, DOT_PRECISION, UPCAST_DOT)
         m_i = m_new
 
     out = acc / l_i[:, None]
@@ -216,7 +221,7 @@ def _cuda_tiles(D: int, dtype: torch.dtype, arch: int = 90) -> dict:
     Chosen from sm_90 and sm_80 AOT compiles (profiling/compile_report.py): the largest tiles
     without register spills.
     """
-    block_d = max(16, triton.next_power_of_2(D))
+    block_d = dot_block(D)
     if dtype == torch.float32:
         # ieee fp32 dots run on FMA units and hold whole tiles in registers: small tiles.
         return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=block_d, num_warps=8, num_stages=2)
@@ -230,8 +235,7 @@ def _cuda_tiles(D: int, dtype: torch.dtype, arch: int = 90) -> dict:
 def _launch_config(D: int, dtype: torch.dtype, device: torch.device) -> dict:
     """The launch's tiles; the interpreter gets small ones so short test rows loop over tiles."""
     if interpreting():
-        block_d = max(16, triton.next_power_of_2(D))
-        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=4, num_stages=1)
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=dot_block(D), num_warps=4, num_stages=1)
     return _cuda_tiles(D, dtype, cuda_arch(device))
 
 
@@ -244,24 +248,16 @@ def triangle_attention(q, k, v, bias, mask=None, scale=None, chunk_size=None, ou
         bias: [B, H, J, J], bias[b, h, q, k] added to every row's logits (any strides).
         mask: [B, I, J] bool or 0/1 float (1 = key may be attended), or None.
         scale: query scale, default D**-0.5.
-        chunk_size: accepted for signature parity; the kernel needs no chunking (O(L^2) memory).
+        chunk_size: accepted and ignored; the kernel needs no chunking (O(L^2) memory).
         out: optional [B, I, J, H, D] buffer of q's dtype (unit stride on D) to write into.
     Returns:
         [B, I, J, H, D] in q's dtype. fp32 inputs use full-precision dots unless
-        ``fastfold_kernels.rotary_attention.FP32_DOT_PRECISION`` is set to "tf32".
+        ``fastfold_kernels.utils.FP32_DOT_PRECISION`` says otherwise.
     """
+    require_triton()
     _check_inputs(q, k, v, bias, mask)
     B, I, J, H, D = q.shape
-    if D > 128:
-        raise ValueError(f"triangle_attention kernel supports D <= 128; got {D}")
-    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"q, k, v must share one of fp16/bf16/fp32; got {q.dtype}, {k.dtype}, {v.dtype}")
-    scale = D**-0.5 if scale is None else float(scale)
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    if out is None:
-        out = torch.empty((B, I, J, H, D), dtype=q.dtype, device=q.device)
-    elif out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
-        raise ValueError("out must be a [B, I, J, H, D] buffer of q's dtype with unit stride on D")
+    q, k, v, scale, out = attention_operands("triangle_attention", "[B, I, J, H, D]", q, k, v, scale, out)
     if mask is not None:
         # [B, I, J] is L^2 scalars (1/(H*D) of q): one fp32 copy keeps a single kernel signature.
         mask_t = mask.to(device=q.device, dtype=torch.float32).contiguous()
@@ -280,20 +276,12 @@ def triangle_attention(q, k, v, bias, mask=None, scale=None, chunk_size=None, ou
         bias.stride(0), bias.stride(1), bias.stride(2), bias.stride(3),
         stride_mb, stride_mi,
         out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-        I, J, H, D, scale * _LOG2E,
-        HAS_MASK=mask is not None,
-        BLOCK_M=cfg["BLOCK_M"],
-        BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_D=cfg["BLOCK_D"],
-        DOT_PRECISION=_rotary.FP32_DOT_PRECISION if q.dtype == torch.float32 else "tf32",
-        UPCAST_DOT=interpreting() and q.dtype == torch.bfloat16,
-        num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
+        I, J, H, D, scale * LOG2E.value,
+        **attention_launch(cfg, mask is not None, q.dtype),
     )
     return out
 
 
-_TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 _STRIDE_ARGS = (
     "stride_qb", "stride_qi", "stride_qj", "stride_qh",
     "stride_kb", "stride_ki", "stride_kj", "stride_kh",
@@ -312,7 +300,7 @@ def aot_configs(arch: int = 90) -> list[AOTConfig]:
     fp16, with and without a mask.
     """
     configs = []
-    for dtype, tname in _TRITON_DTYPE.items():
+    for dtype, tname in TRITON_DTYPES.items():
         tiles = _cuda_tiles(32, dtype, arch)
         for has_mask in (False, True):
             signature = {
@@ -323,22 +311,7 @@ def aot_configs(arch: int = 90) -> list[AOTConfig]:
             }
             signature.update({name: "i32" for name in _STRIDE_ARGS})
             signature.update({"I": "i32", "J": "i32", "H": "i32", "D": "i32", "qk_scale": "fp32"})
-            configs.append(
-                AOTConfig(
-                    name=f"triangle_attention_fwd_{tname}_d32{'_mask' if has_mask else ''}",
-                    fn=_triangle_attention_fwd,
-                    signature=signature,
-                    constexprs=dict(
-                        HAS_MASK=has_mask,
-                        BLOCK_M=tiles["BLOCK_M"],
-                        BLOCK_N=tiles["BLOCK_N"],
-                        BLOCK_D=tiles["BLOCK_D"],
-                        DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
-                        UPCAST_DOT=False,
-                    ),
-                    num_warps=tiles["num_warps"],
-                    num_stages=tiles["num_stages"],
-                    uses_dot=True,
-                )
-            )
+            name = f"triangle_attention_fwd_{tname}_d32{'_mask' if has_mask else ''}"
+            launch = attention_launch(tiles, has_mask, dtype, aot=True)
+            configs.append(aot_config(name, _triangle_attention_fwd, signature, launch, uses_dot=True))
     return configs

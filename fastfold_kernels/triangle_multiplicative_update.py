@@ -14,8 +14,13 @@ never stored in fp16.
 
 Implementations sharing one signature ``(z, mask, w, outgoing=True, eps=1e-5, chunk_size=None)``:
 :func:`triangle_multiplicative_update` (Triton), :func:`triangle_multiplicative_update_reference`
-(naive PyTorch, the oracle) and :func:`triangle_multiplicative_update_torch` (channel-chunked,
+(naive PyTorch, the oracle) and :func:`triangle_multiplicative_update_torch` (row-blocked,
 memory-lean PyTorch for the CPU default backend).
+
+``chunk_size``, as in every op over the pair representation, is an upper bound on the pair rows
+handled per block of work; None chooses. It bounds peak memory, never changes the result, and only
+the torch path needs it: the reference and the Triton kernels accept and ignore it. The Triton path
+has its own knob, ``hidden_chunk``: hidden channels whose a and b are held at once.
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
-from ._runtime import AOTConfig, cuda_arch, interpreting
-from .layer_norm import cast_rne, layer_norm_reference
+from .layer_norm import layer_norm_reference
+from .utils import (
+    TRITON_DTYPES, AOTConfig, aot_config, cast_rne, cuda_arch, dot, dot_block, dot_precision, dot_upcast,
+    interpreting, require_triton, tl, triton,
+)  # fmt: skip
 
 
 class TriMulWeights(NamedTuple):
@@ -82,7 +88,7 @@ def triangle_multiplicative_update_reference(
     eps: float = 1e-5,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """Algorithms 11/12, naive and all at once: the oracle. ``chunk_size`` is ignored.
+    """Algorithms 11/12, naive and all at once: the oracle. ``chunk_size`` is accepted and ignored.
 
     Projections and gates run in z's dtype; the triangle product and LN_out statistics in fp32
     (fp64 for fp64 input), as transformers does for half inputs.
@@ -144,7 +150,8 @@ def triangle_multiplicative_update_torch(
     chunk_size: int | None = None,
     add_into_z: bool = False,
 ) -> torch.Tensor:
-    """Algorithms 11/12 in memory-lean PyTorch. ``chunk_size``: pair rows per block (None: auto).
+    """Algorithms 11/12 in memory-lean PyTorch. ``chunk_size``: at most that many pair rows per block
+    (None: as many as fit a few-MB working set).
 
     Both directions are one computation on a view ``v`` of z (z itself for outgoing, z^T for incoming):
     ``y[j, i] = sum_k r[j, k] f[i, k]`` where the *row operand* r comes from rows j of v and the *full
@@ -223,13 +230,13 @@ triangle_multiplicative_update_torch.supports_add_into_z = True
 # ---------------------------------------------------------------------------------------------------
 # Triton path: three kernels.
 #   1. project: LN_in(z) -> four projections -> sigmoid gating -> mask; a and b stored channel-major
-#      [B, n, L, L] in z's dtype for a chunk of n hidden channels (all by default).
+#      [B, n, L, L] in z's dtype for a chunk of n = hidden_chunk hidden channels (all by default).
 #   2. product: per channel, the L x L x L triangle product with tl.dot (fp32 accumulate), written
 #      straight into the x buffer in [B, L, L, c_h] layout; the x buffer is the output tensor itself
 #      unless z is fp16 (x would overflow fp16) or c_h != c_z.
 #   3. output: row tile by row tile, LN_out(x) @ z_w^T + z_b times the g gate recomputed from z, so
 #      neither LN_in(z) nor g is ever stored; works in place on the output tensor.
-# Extra memory: a and b (twice the pair tensor at c_h == c_z; chunk_size trades it for recomputing
+# Extra memory: a and b (twice the pair tensor at c_h == c_z; hidden_chunk trades it for recomputing
 # LN_in), plus an fp32 x buffer for fp16 inputs.
 # ---------------------------------------------------------------------------------------------------
 
@@ -246,17 +253,6 @@ def _ln_rows(t, w_ptr, b_ptr, offs, ok, n, eps):
 
 
 @triton.jit
-def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr):
-    """tl.dot with fp32 accumulation; DOT_UPCAST multiplies in fp32 (same products, exact in fp32).
-
-    Triton's CPU interpreter mis-reads bf16 tl.dot operands as integers, so bf16 runs there upcast.
-    """
-    if DOT_UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-
-
-@triton.jit
 def _linear_t(x, w_ptr, b_ptr, offs_in, in_ok, offs_out, out_ok, n_in, DOT_PRECISION: tl.constexpr,
               DOT_UPCAST: tl.constexpr):
     """x [R, BLOCK_IN] @ W[offs_out, offs_in]^T + b[offs_out] for nn.Linear W [out, in] (fp32 result)."""
@@ -264,7 +260,7 @@ def _linear_t(x, w_ptr, b_ptr, offs_in, in_ok, offs_out, out_ok, n_in, DOT_PRECI
         w_ptr + offs_out[None, :] * n_in + offs_in[:, None], mask=in_ok[:, None] & out_ok[None, :], other=0.0
     )  # [BLOCK_IN, BLOCK_OUT]
     b = tl.load(b_ptr + offs_out, mask=out_ok, other=0.0).to(tl.float32)
-    return _dot(x, w, None, DOT_PRECISION, DOT_UPCAST) + b[None, :]
+    return dot(x, w, None, DOT_PRECISION, DOT_UPCAST) + b[None, :]
 
 
 @triton.jit
@@ -294,10 +290,10 @@ def _ln_linear4_chunked(
         zn = cast_rne(diff * rstd[:, None] * lw[None, :] + lb[None, :], DOT_DTYPE)  # [BLOCK_P, BLOCK_K]
         w_ptrs = offs_h[None, :] * C_Z + offs_k[:, None]  # [BLOCK_K, BLOCK_H]: W^T slice
         w_ok = k_ok[:, None] & h_ok[None, :]
-        acc_ap = _dot(zn, tl.load(Wap + w_ptrs, mask=w_ok, other=0.0), acc_ap, DOT_PRECISION, DOT_UPCAST)
-        acc_ag = _dot(zn, tl.load(Wag + w_ptrs, mask=w_ok, other=0.0), acc_ag, DOT_PRECISION, DOT_UPCAST)
-        acc_bp = _dot(zn, tl.load(Wbp + w_ptrs, mask=w_ok, other=0.0), acc_bp, DOT_PRECISION, DOT_UPCAST)
-        acc_bg = _dot(zn, tl.load(Wbg + w_ptrs, mask=w_ok, other=0.0), acc_bg, DOT_PRECISION, DOT_UPCAST)
+        acc_ap = dot(zn, tl.load(Wap + w_ptrs, mask=w_ok, other=0.0), acc_ap, DOT_PRECISION, DOT_UPCAST)
+        acc_ag = dot(zn, tl.load(Wag + w_ptrs, mask=w_ok, other=0.0), acc_ag, DOT_PRECISION, DOT_UPCAST)
+        acc_bp = dot(zn, tl.load(Wbp + w_ptrs, mask=w_ok, other=0.0), acc_bp, DOT_PRECISION, DOT_UPCAST)
+        acc_bg = dot(zn, tl.load(Wbg + w_ptrs, mask=w_ok, other=0.0), acc_bg, DOT_PRECISION, DOT_UPCAST)
     a_p = acc_ap + tl.load(Bap + offs_h, mask=h_ok, other=0.0).to(tl.float32)[None, :]
     a_g = acc_ag + tl.load(Bag + offs_h, mask=h_ok, other=0.0).to(tl.float32)[None, :]
     b_p = acc_bp + tl.load(Bbp + offs_h, mask=h_ok, other=0.0).to(tl.float32)[None, :]
@@ -419,7 +415,7 @@ def _trimul_product_kernel(
         k_ok = (k0 + offs_k) < L
         a = tl.load(a_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = _dot(a, b, acc, DOT_PRECISION, DOT_UPCAST)
+        acc = dot(a, b, acc, DOT_PRECISION, DOT_UPCAST)
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
     pos = offs_m[:, None].to(tl.int64) * L + offs_n[None, :]  # [BLOCK_M, BLOCK_N]
@@ -478,9 +474,6 @@ def _trimul_output_kernel(
         tl.store(out_rows + offs_n[None, :], cast_rne(upd * gate, Out.dtype.element_ty), mask=p_ok[:, None] & n_ok[None, :])
 
 
-_TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
 class _Blocks(NamedTuple):
     """Tile sizes and launch options of the three kernels for one dtype."""
 
@@ -508,7 +501,7 @@ def _blocks(dtype: torch.dtype, arch: int, c_z: int = 128) -> _Blocks:
     64; sm_80's mma.sync holds a [16, K] operand fragment per warp in registers, so in fp32 the
     projection streams c_z in 32-wide slices and the output kernel takes 32-row tiles.
     """
-    block_cz = max(16, triton.next_power_of_2(c_z))
+    block_cz = dot_block(c_z)
     if dtype == torch.float32:
         if arch >= 90:
             return _Blocks(64, 16, block_cz, 4, 1, 64, 64, 32, 4, 3, 64, 32, 4)
@@ -525,7 +518,34 @@ def _launch_blocks(dtype: torch.dtype, device: torch.device, c_z: int) -> _Block
 
 def _dot_precision(dtype: torch.dtype) -> str:
     # fp32 is exact-ish through 3xTF32 on tensor cores; plain TF32 would cost ~1e-3 relative error.
-    return "tf32x3" if dtype == torch.float32 else "tf32"
+    return dot_precision(dtype, fp32="tf32x3")
+
+
+# Keyword arguments (constexprs, warps, stages) of the three kernels' launches, shared by the launcher
+# and aot_configs so the ahead-of-time configs are the launches.
+
+
+def _project_launch(blk: _Blocks, c_z: int, c_h: int, has_mask: bool, prec: str, upcast: bool) -> dict:
+    return dict(
+        C_Z=c_z, C_H=c_h, BLOCK_CZ=dot_block(c_z), BLOCK_P=blk.proj_p, BLOCK_H=blk.proj_h, BLOCK_K=blk.proj_k,
+        HAS_MASK=has_mask, DOT_PRECISION=prec, DOT_UPCAST=upcast,
+        num_warps=blk.proj_warps, num_stages=blk.proj_stages,
+    )  # fmt: skip
+
+
+def _product_launch(blk: _Blocks, c_h: int, prec: str, upcast: bool) -> dict:
+    return dict(
+        C_X=c_h, BLOCK_M=blk.prod_m, BLOCK_N=blk.prod_n, BLOCK_K=blk.prod_k, DOT_PRECISION=prec, DOT_UPCAST=upcast,
+        num_warps=blk.prod_warps, num_stages=blk.prod_stages,
+    )  # fmt: skip
+
+
+def _output_launch(blk: _Blocks, c_z: int, c_h: int, prec: str, upcast: bool) -> dict:
+    return dict(
+        C_Z=c_z, C_H=c_h, BLOCK_CZ=dot_block(c_z), BLOCK_CH=dot_block(c_h), BLOCK_P=blk.out_p, BLOCK_N=blk.out_n,
+        DOT_PRECISION=prec, DOT_UPCAST=upcast,
+        num_warps=blk.out_warps, num_stages=1,
+    )  # fmt: skip
 
 
 def triangle_multiplicative_update(
@@ -535,15 +555,18 @@ def triangle_multiplicative_update(
     outgoing: bool = True,
     eps: float = 1e-5,
     chunk_size: int | None = None,
+    hidden_chunk: int | None = None,
 ) -> torch.Tensor:
     """Triton Algorithms 11/12: z [B, L, L, c_z], mask [B, L, L] or None -> update [B, L, L, c_z].
 
     fp16, bf16 and fp32 inputs; projections and the triangle product accumulate in fp32.
-    ``chunk_size``: hidden channels whose a and b are held at once (None: all of them).
+    ``chunk_size`` (pair rows per block) is accepted and ignored: the kernels' memory does not depend
+    on rows. ``hidden_chunk``: hidden channels whose a and b are held at once (None: all of them).
     """
+    require_triton()
     B, L, c_z, c_h = _check_inputs(z, mask, w)
     dt = z.dtype
-    if dt not in _TRITON_DTYPES:
+    if dt not in TRITON_DTYPES:
         raise TypeError(f"triangle_multiplicative_update (triton) supports fp16/bf16/fp32, got {dt}")
     z = z.contiguous()
     wt = TriMulWeights(*(t.to(dt).contiguous() for t in w))
@@ -553,15 +576,13 @@ def triangle_multiplicative_update(
     if B == 0 or L == 0:
         return out
     maskf = mask.to(torch.float32).contiguous() if mask is not None else z
-    n_chunk = min(c_h, chunk_size) if chunk_size else c_h
+    n_chunk = min(c_h, hidden_chunk) if hidden_chunk else c_h
     a = torch.empty((B, n_chunk, L, L), dtype=dt, device=z.device)
     b = torch.empty_like(a)
     LL = L * L
     blk = _launch_blocks(dt, z.device, c_z)
     prec = _dot_precision(dt)
-    upcast = dt == torch.bfloat16 and interpreting()
-    block_cz = max(16, triton.next_power_of_2(c_z))
-    block_ch = max(16, triton.next_power_of_2(c_h))
+    upcast = dot_upcast(dt)
     if outgoing:  # x_c = a_c @ b_c^T
         a_strides, b_strides = (L, 1), (1, L)
     else:  # x_c = a_c^T @ b_c
@@ -573,24 +594,18 @@ def triangle_multiplicative_update(
             wt.a_p_weight, wt.a_p_bias, wt.a_g_weight, wt.a_g_bias,
             wt.b_p_weight, wt.b_p_bias, wt.b_g_weight, wt.b_g_bias,
             a, b, LL, h0, n, n_chunk * LL, eps,
-            C_Z=c_z, C_H=c_h, BLOCK_CZ=block_cz, BLOCK_P=blk.proj_p, BLOCK_H=blk.proj_h, BLOCK_K=blk.proj_k,
-            HAS_MASK=mask is not None, DOT_PRECISION=prec, DOT_UPCAST=upcast,
-            num_warps=blk.proj_warps, num_stages=blk.proj_stages,
+            **_project_launch(blk, c_z, c_h, mask is not None, prec, upcast),
         )  # fmt: skip
         grid = (n, triton.cdiv(L, blk.prod_m) * triton.cdiv(L, blk.prod_n), B)
         _trimul_product_kernel[grid](
-            a, b, x, L, n_chunk * LL, *a_strides, *b_strides, h0,
-            C_X=c_h, BLOCK_M=blk.prod_m, BLOCK_N=blk.prod_n, BLOCK_K=blk.prod_k, DOT_PRECISION=prec, DOT_UPCAST=upcast,
-            num_warps=blk.prod_warps, num_stages=blk.prod_stages,
-        )  # fmt: skip
+            a, b, x, L, n_chunk * LL, *a_strides, *b_strides, h0, **_product_launch(blk, c_h, prec, upcast)
+        )
     del a, b
     _trimul_output_kernel[(triton.cdiv(LL, blk.out_p), B)](
         x, z, wt.ln_in_weight, wt.ln_in_bias, w.ln_out_weight.to(torch.float32).contiguous(),
         w.ln_out_bias.to(torch.float32).contiguous(), wt.z_weight, wt.z_bias, wt.g_weight, wt.g_bias,
         out, LL, eps,
-        C_Z=c_z, C_H=c_h, BLOCK_CZ=block_cz, BLOCK_CH=block_ch, BLOCK_P=blk.out_p, BLOCK_N=blk.out_n,
-        DOT_PRECISION=prec, DOT_UPCAST=upcast,
-        num_warps=blk.out_warps, num_stages=1,
+        **_output_launch(blk, c_z, c_h, prec, upcast),
     )  # fmt: skip
     return out
 
@@ -602,68 +617,33 @@ def aot_configs(arch: int = 90, c_z: int = 128, c_h: int = 128) -> list[AOTConfi
     outgoing vs incoming, so one compile serves both) and the output kernel.
     """
     configs = []
-    block_cz = max(16, triton.next_power_of_2(c_z))
-    block_ch = max(16, triton.next_power_of_2(c_h))
-    for dt, tdt in _TRITON_DTYPES.items():
+    for dt, tdt in TRITON_DTYPES.items():
         blk = _blocks(dt, arch, c_z)
         prec = _dot_precision(dt)
         ptr = f"*{tdt}"
         xptr = "*fp32" if dt == torch.float16 else ptr
         for has_mask in (False, True):
-            configs.append(
-                AOTConfig(
-                    name=f"trimul_project_{tdt}{'_mask' if has_mask else ''}",
-                    fn=_trimul_project_kernel,
-                    signature={
-                        "Z": ptr, "Mask": "*fp32" if has_mask else ptr, "LnW": ptr, "LnB": ptr,
-                        "Wap": ptr, "Bap": ptr, "Wag": ptr, "Bag": ptr,
-                        "Wbp": ptr, "Bbp": ptr, "Wbg": ptr, "Bbg": ptr, "A": ptr, "Bout": ptr,
-                        "LL": "i32", "h_start": "i32", "n_h": "i32", "stride_ab": "i32", "eps": "fp32",
-                    },  # fmt: skip
-                    constexprs={
-                        "C_Z": c_z, "C_H": c_h, "BLOCK_CZ": block_cz, "BLOCK_P": blk.proj_p,
-                        "BLOCK_H": blk.proj_h, "BLOCK_K": blk.proj_k, "HAS_MASK": has_mask, "DOT_PRECISION": prec, "DOT_UPCAST": False,
-                    },  # fmt: skip
-                    num_warps=blk.proj_warps,
-                    num_stages=blk.proj_stages,
-                    uses_dot=True,
-                )
-            )
-        configs.append(
-            AOTConfig(
-                name=f"trimul_product_{tdt}",
-                fn=_trimul_product_kernel,
-                signature={
-                    "A": ptr, "Bm": ptr, "X": xptr, "L": "i32", "stride_ab": "i32",
-                    "stride_am": "i32", "stride_ak": "i32", "stride_bk": "i32", "stride_bn": "i32",
-                    "h_start": "i32",
-                },  # fmt: skip
-                constexprs={
-                    "C_X": c_h, "BLOCK_M": blk.prod_m, "BLOCK_N": blk.prod_n, "BLOCK_K": blk.prod_k,
-                    "DOT_PRECISION": prec, "DOT_UPCAST": False,
-                },  # fmt: skip
-                num_warps=blk.prod_warps,
-                num_stages=blk.prod_stages,
-                uses_dot=True,
-            )
-        )
-        configs.append(
-            AOTConfig(
-                name=f"trimul_output_{tdt}",
-                fn=_trimul_output_kernel,
-                signature={
-                    "X": xptr, "Z": ptr, "LnInW": ptr, "LnInB": ptr, "LnOutW": "*fp32", "LnOutB": "*fp32",
-                    "Wz": ptr, "Bz": ptr, "Wg": ptr, "Bg": ptr, "Out": ptr, "LL": "i32", "eps": "fp32",
-                },  # fmt: skip
-                constexprs={
-                    "C_Z": c_z, "C_H": c_h, "BLOCK_CZ": block_cz, "BLOCK_CH": block_ch,
-                    "BLOCK_P": blk.out_p, "BLOCK_N": blk.out_n, "DOT_PRECISION": prec, "DOT_UPCAST": False,
-                },  # fmt: skip
-                num_warps=blk.out_warps,
-                num_stages=1,
-                uses_dot=True,
-            )
-        )
+            signature = {
+                "Z": ptr, "Mask": "*fp32" if has_mask else ptr, "LnW": ptr, "LnB": ptr,
+                "Wap": ptr, "Bap": ptr, "Wag": ptr, "Bag": ptr,
+                "Wbp": ptr, "Bbp": ptr, "Wbg": ptr, "Bbg": ptr, "A": ptr, "Bout": ptr,
+                "LL": "i32", "h_start": "i32", "n_h": "i32", "stride_ab": "i32", "eps": "fp32",
+            }  # fmt: skip
+            launch = _project_launch(blk, c_z, c_h, has_mask, prec, False)
+            name = f"trimul_project_{tdt}{'_mask' if has_mask else ''}"
+            configs.append(aot_config(name, _trimul_project_kernel, signature, launch, uses_dot=True))
+        signature = {
+            "A": ptr, "Bm": ptr, "X": xptr, "L": "i32", "stride_ab": "i32",
+            "stride_am": "i32", "stride_ak": "i32", "stride_bk": "i32", "stride_bn": "i32", "h_start": "i32",
+        }  # fmt: skip
+        launch = _product_launch(blk, c_h, prec, False)
+        configs.append(aot_config(f"trimul_product_{tdt}", _trimul_product_kernel, signature, launch, uses_dot=True))
+        signature = {
+            "X": xptr, "Z": ptr, "LnInW": ptr, "LnInB": ptr, "LnOutW": "*fp32", "LnOutB": "*fp32",
+            "Wz": ptr, "Bz": ptr, "Wg": ptr, "Bg": ptr, "Out": ptr, "LL": "i32", "eps": "fp32",
+        }  # fmt: skip
+        launch = _output_launch(blk, c_z, c_h, prec, False)
+        configs.append(aot_config(f"trimul_output_{tdt}", _trimul_output_kernel, signature, launch, uses_dot=True))
     return configs
 
 

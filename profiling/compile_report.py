@@ -605,6 +605,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if interpreter_requested():
         _reexec_without_interpreter(argv)
     args = parse_args(argv)
+    if importlib.util.find_spec("triton") is None:  # the op modules import without it; compiling needs it
+        print("compile_report needs the triton package, which is not installed: pip install 'triton>=3.6' "
+              "(wheels exist for Linux only)", file=sys.stderr)
+        return 2
     modules = ([] if args.no_ops else list(OP_MODULES)) + list(args.module)
     start = time.perf_counter()
     rows = run_report(modules, args.arch, args.kernel, args.processes, args.tools)

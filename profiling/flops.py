@@ -1,4 +1,4 @@
-"""Print ESMFold's per-component FLOP and memory-traffic model (``esmfold_fast.bench_flops``).
+"""Print ESMFold's per-component FLOP and memory-traffic model (``esmfold_fast.benchmarking.flops``).
 
     python profiling/flops.py --config esmfold_v1 --lengths 128 256 384 512 1024 --passes 4
     python profiling/flops.py --config esmfold_v1 --lengths 384 --detail   # per trunk-block component
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from esmfold_fast.bench_flops import (
+from esmfold_fast.benchmarking.flops import (
     esm2_layer_costs,
     esmfold_costs,
     structure_module_costs,

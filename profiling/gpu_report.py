@@ -46,7 +46,14 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from esmfold_fast.bench_measure import random_sequence
+from esmfold_fast.benchmarking.measure import (
+    random_sequence,
+    rotary_tables,
+    synchronize,
+    transformers_esmfold,
+    transformers_inputs,
+    tri_mul_weights,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL_TEST_FILES = (
@@ -156,11 +163,6 @@ class Deadline:
     def require(self, seconds: float, what: str) -> None:
         if self.left() < seconds:
             raise TimeCap(f"{what}: needs ~{seconds:.1f} s, {max(self.left(), 0):.1f} s left")
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_ms(fn: Callable[[], Any], device: torch.device, plan: Plan) -> float:
@@ -426,24 +428,11 @@ def triangle_multiplication_case(L: int, c: int, dtype: torch.dtype, device: tor
     case = OpCase("triangle_multiplicative_update", {"B": B, "L": L, "c_z": c, "c_hidden": c}, dtype,
                   flops, nbytes)
     gen = torch.Generator(device=device).manual_seed(L)
-    mod = _ours("triangle_multiplicative_update")
-
-    def weights():
-        def t(*shape, scale=None, centre=0.0):
-            scale = scale if scale is not None else 1.0 / math.sqrt(shape[-1])
-            return (centre + scale * torch.randn(*shape, device=device, generator=gen)).to(dtype)
-
-        return mod.TriMulWeights(
-            t(c, scale=0.2, centre=1.0), t(c, scale=0.2),
-            t(c, c), t(c, scale=0.2), t(c, c), t(c, scale=0.2), t(c, c), t(c, scale=0.2), t(c, c),
-            t(c, scale=0.2), t(c, scale=0.2, centre=1.0), t(c, scale=0.2), t(c, c), t(c, scale=0.2),
-            t(c, c), t(c, scale=0.2),
-        )  # fmt: skip
 
     def inputs():
         z = torch.randn(B, L, L, c, device=device, dtype=dtype, generator=gen)
         mask = torch.ones(B, L, L, device=device, dtype=dtype)
-        return z, mask, weights()
+        return z, mask, tri_mul_weights(c, c, device, dtype, gen)
 
     def ours(fn):
         z, mask, w = inputs()
@@ -491,10 +480,7 @@ def rotary_attention_case(L: int, H: int, D: int, dtype: torch.dtype, device: to
 
     def ours(fn):
         q, k, v = (torch.randn(B, L, H, D, device=device, dtype=dtype, generator=gen) for _ in range(3))
-        inv = 1.0 / (10000.0 ** (torch.arange(0, D, 2, device=device, dtype=torch.float32) / D))
-        freqs = torch.outer(torch.arange(L, device=device, dtype=torch.float32), inv)
-        emb = torch.cat([freqs, freqs], dim=-1)  # [L, D], rotate-halves layout
-        cos, sin = emb.cos(), emb.sin()
+        cos, sin = rotary_tables(L, D, device)
         return lambda: fn(q, k, v, cos, sin)
 
     _add_ours(case, "rotary_attention", "rotary_attention", ours, device)
@@ -616,7 +602,7 @@ def _add_speedups(rows: list[dict[str, Any]]) -> None:
 # --------------------------------------------------------------------------------------------------
 def _e2e_flops(config, L: int, passes: int) -> float | None:
     try:
-        from esmfold_fast.bench_flops import esmfold_flops
+        from esmfold_fast.benchmarking.flops import esmfold_flops
 
         return float(esmfold_flops(L, config, passes))
     except Exception:  # the FLOP model is optional for this report
@@ -630,25 +616,10 @@ def build_ours(plan: Plan, device: torch.device):
     return ESMFold.from_config(plan.e2e_config, backend=backend, device=device, **plan.e2e_overrides)
 
 
-def build_transformers(config, device: torch.device):
-    """``EsmForProteinFolding`` with ``config``'s shapes; its __init__ halves the LM (fp16_esm)."""
-    from transformers import EsmConfig, EsmForProteinFolding
-
-    from esmfold_fast.bench_measure import transformers_config_kwargs
-
-    with torch.device(device):
-        model = EsmForProteinFolding(EsmConfig(**transformers_config_kwargs(config)))
-    return model.eval()
-
-
 def _fold_call(provider: str, model, seq: str, device: torch.device, num_recycles: int | None):
     if provider == "ours":
         return lambda: model.infer([seq], num_recycles=num_recycles)
-    from transformers.models.esm.openfold_utils import residue_constants as rc
-
-    aatype = torch.tensor([[rc.restype_order_with_x.get(a, 20) for a in seq]], device=device)
-    mask = torch.ones_like(aatype)
-    pos = torch.arange(len(seq), device=device)[None]
+    aatype, mask, pos = transformers_inputs(seq, device)
     return lambda: model(aatype, mask, position_ids=pos, num_recycles=num_recycles)
 
 
@@ -773,7 +744,7 @@ def section_end_to_end_transformers(plan: Plan, device: torch.device, ctx: dict,
         import transformers  # noqa: F401
     except Exception as err:
         return [{"provider": "transformers", "status": "skipped", "reason": f"not importable: {err}"}]
-    hf = build_transformers(config, device)
+    hf = transformers_esmfold(config, device)  # its __init__ halves the LM (fp16_esm), as the reference
     try:
         return run_end_to_end("transformers", hf, config, plan, device, deadline)
     finally:

@@ -11,7 +11,14 @@ import argparse
 import json
 import sys
 
-from esmfold_fast.bench_measure import add_model_arguments, PointFailed, fold_spec, peak_memory_bytes, prepare_esmfold_checkpoint, run_point
+from esmfold_fast.benchmarking.measure import (
+    PointFailed,
+    add_model_arguments,
+    fold_spec,
+    peak_memory_bytes,
+    prepare_esmfold_checkpoint,
+    run_point,
+)
 from esmfold_fast.config import named_config
 
 

@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from esmfold_fast.bench_measure import (
+from esmfold_fast.benchmarking.measure import (
     PointFailed,
     add_model_arguments,
     fold_spec,

@@ -13,7 +13,7 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from esmfold_fast.bench_measure import add_model_arguments, build_fold, fold_spec, prepare_esmfold_checkpoint
+from esmfold_fast.benchmarking.measure import add_model_arguments, build_fold, fold_spec, prepare_esmfold_checkpoint
 from esmfold_fast.config import named_config
 
 

@@ -69,3 +69,17 @@ def on_device(op):
 
     run.__name__ = getattr(op, "__name__", "op")
     return run
+
+
+# Python source that hides triton (and triton.*) from every import, as on a machine without its wheels.
+HIDE_TRITON = """
+import importlib.abc, sys
+
+class _NoTriton(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "triton" or name.startswith("triton."):
+            raise ImportError(f"No module named {name!r} (hidden by the test)")
+        return None
+
+sys.meta_path.insert(0, _NoTriton())
+"""

@@ -352,7 +352,7 @@ def test_bench_is_forwarded(monkeypatch, capsys):
         calls.append(list(argv))
         return 3 if "--fail" in argv else 0
 
-    monkeypatch.setitem(sys.modules, "esmfold_fast.bench", types.SimpleNamespace(main=fake_bench_main))
+    monkeypatch.setitem(sys.modules, "esmfold_fast.benchmarking.cli", types.SimpleNamespace(main=fake_bench_main))
     assert main(["bench", "--lengths", "64,128", "--help"]) == 0
     assert main(["bench", "--fail"]) == 3
     assert calls == [["--lengths", "64,128", "--help"], ["--fail"]]
@@ -360,7 +360,7 @@ def test_bench_is_forwarded(monkeypatch, capsys):
     def exits(argv):
         raise SystemExit(2)  # the bench parser rejecting its arguments
 
-    monkeypatch.setitem(sys.modules, "esmfold_fast.bench", types.SimpleNamespace(main=exits))
+    monkeypatch.setitem(sys.modules, "esmfold_fast.benchmarking.cli", types.SimpleNamespace(main=exits))
     assert main(["bench", "--bogus"]) == 2
     assert "Traceback" not in capsys.readouterr().err
 

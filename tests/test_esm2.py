@@ -16,11 +16,11 @@ import torch
 from _util import DEVICE, max_rel_err, randomize_
 from safetensors.torch import save_file
 
-from esmfold_fast._checkpoint import CheckpointError
 from esmfold_fast.alphabet import Alphabet
 from esmfold_fast.config import ESM2Config
-from esmfold_fast.esm2 import ESM2, esm2_state_dict_from_transformers
-from esmfold_fast.hub import resolve_hf_snapshot, resolve_torch_hub_checkpoint
+from esmfold_fast.checkpoints import CheckpointError, resolve_hf_snapshot, resolve_torch_hub_checkpoint
+from esmfold_fast.checkpoints.esm2 import esm2_state_dict_from_transformers, load_esm2_state_dict
+from esmfold_fast.esm2 import ESM2
 
 TOL = 1e-5
 AA = "LAGVSERTIDPKQNFYMHWC"
@@ -220,11 +220,16 @@ def test_fused_qkv_tracks_weight_updates_conversions_and_grad():
     assert err < TOL
     model.double()
     ref.double()
+    fresh = ESM2(num_layers=2, embed_dim=48, attention_heads=3).double().eval()  # never fused before the cast
+    fresh.load_state_dict(ref.state_dict())
     with torch.no_grad():
         out = model(tokens, repr_layers=[2], return_contacts=True)
-        exp = ref(tokens, repr_layers=[2], return_contacts=True)
+        exp = fresh(tokens, repr_layers=[2], return_contacts=True)
+        peer = ref(tokens, repr_layers=[2], return_contacts=True)
     for key in ("logits", "contacts"):
         assert max_rel_err(out[key], exp[key]) < 1e-12, key
+        # fair-esm rounds its attention probabilities to float32 even in a float64 model; ours stay float64.
+        assert max_rel_err(out[key], peer[key]) < 1e-6, key
     model.float()
     out = model(tokens)["logits"]  # grad enabled: the differentiable (unfused) projection path
     out.square().mean().backward()
@@ -355,7 +360,7 @@ def test_transformers_esm_model_without_lm_head_and_in_memory_layout(tmp_path):
     sd = hf.state_dict()
     assert "rotary_embeddings.inv_freq" in sd
     again = ESM2(ESM2Config(num_layers=2, embed_dim=48, attention_heads=3), lm_head=False)
-    again.load_esm2_state_dict(esm2_state_dict_from_transformers(sd), "in-memory")
+    load_esm2_state_dict(again, esm2_state_dict_from_transformers(sd), "in-memory")
     with torch.no_grad():
         _assert_close(again(tokens, repr_layers=range(3)), {"representations": exp["representations"]}, 2, "mem")
 
@@ -403,7 +408,7 @@ def test_folding_state_dict_prefix_without_lm_head():
     sd = esm2_state_dict_from_transformers(folding, prefix="esm.")
     assert not any(k.startswith(("lm_head", "trunk")) for k in sd)
     model = ESM2(ESM2Config(num_layers=2, embed_dim=48, attention_heads=3), lm_head=False).eval()
-    model.load_esm2_state_dict(sd, "esmfold.bin")
+    load_esm2_state_dict(model, sd, "esmfold.bin")
     tokens = _batch(9)
     exp = _hf_reference(hf, tokens)
     with torch.no_grad():
@@ -416,8 +421,7 @@ def test_folding_state_dict_prefix_without_lm_head():
 # ------------------------------------------------------------------------------------------------
 
 
-def test_missing_caches_say_which_file_goes_where(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+def test_missing_caches_say_which_file_goes_where(tmp_path, monkeypatch, hf_cache):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(CheckpointError) as err:
         ESM2.from_pretrained("facebook/esm2_t6_8M_UR50D")
@@ -431,10 +435,9 @@ def test_missing_caches_say_which_file_goes_where(tmp_path, monkeypatch):
     assert "esm2_t6_8M_UR50D-contact-regression.pt" in msg
 
 
-def test_names_resolve_from_local_caches(tmp_path, monkeypatch):
+def test_names_resolve_from_local_caches(tmp_path, monkeypatch, hf_cache):
     from transformers import EsmForMaskedLM
 
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     # Hugging Face layout: refs/main names the snapshot; an older, incomplete snapshot is skipped.
     repo = tmp_path / "hf" / "models--facebook--esm2_t2_tiny"
@@ -444,7 +447,7 @@ def test_names_resolve_from_local_caches(tmp_path, monkeypatch):
     hf.save_pretrained(snap)
     (repo / "snapshots" / "old").mkdir()
     (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0123abc\n")
+    (repo / "refs" / "main").write_text("0123abc")  # as huggingface_hub writes it
     assert resolve_hf_snapshot("facebook/esm2_t2_tiny", ("config.json",)) == snap
     model = ESM2.from_pretrained("facebook/esm2_t2_tiny")
     tokens = _batch(12)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from esmfold_fast.bench_flops import (
+from esmfold_fast.benchmarking.flops import (
     Cost,
     esm2_costs,
     esmfold_costs,
@@ -72,11 +72,10 @@ def test_trunk_block_matches_torch_flop_counter_on_transformers(L):
 
 
 def test_esm2_matches_torch_flop_counter_on_fair_esm():
-    import esm
+    from esmfold_fast.benchmarking.measure import fair_esm2
 
     cfg = ESM2Config(num_layers=2, embed_dim=320, attention_heads=20)
-    model = esm.model.esm2.ESM2(num_layers=2, embed_dim=320, attention_heads=20,
-                                alphabet=esm.data.Alphabet.from_architecture("ESM-1b")).eval()
+    model = fair_esm2(cfg.num_layers, cfg.embed_dim, cfg.attention_heads).eval()
     L = 131
     tokens = torch.randint(4, 24, (1, L + 2))
     tokens[0, 0], tokens[0, -1] = 0, 2

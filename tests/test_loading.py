@@ -138,12 +138,17 @@ def _fair_esm_files(saved, directory, cfg_kind: str, esm_name: str):
     top = dict(esm_type="esm2_8M", fp16_esm=True, use_esm_attn_map=False, esm_ablate_pairwise=False,
                esm_ablate_sequence=False, esm_input_dropout=0.0, embed_aa=True, bypass_lm=False,
                lddt_head_hid_dim=128)
-    if cfg_kind == "dict":
-        cfg = dict(top, trunk=dict(trunk, _name="FoldingTrunkConfig", structure_module=dict(FAIR_SM)))
+    if cfg_kind == "namespace":
+        cfg = {"model": argparse.Namespace(**top, trunk=argparse.Namespace(**trunk,
+                                                                          structure_module=argparse.Namespace(**FAIR_SM)))}
     else:
-        cfg = argparse.Namespace(**top, trunk=argparse.Namespace(**trunk, structure_module=argparse.Namespace(**FAIR_SM)))
+        cfg = {"model": dict(top, trunk=dict(trunk, _name="FoldingTrunkConfig", structure_module=dict(FAIR_SM)))}
+    if cfg_kind == "omegaconf":  # as the released esmfold_3B_v1.pt pickles it: the whole cfg a DictConfig
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.create(cfg)
     esmfold_path = directory / "esmfold_test_v1.pt"
-    torch.save({"cfg": {"model": cfg}, "model": folding}, esmfold_path)
+    torch.save({"cfg": cfg, "model": folding}, esmfold_path)
     lm = {"encoder.sentence_encoder." + k: v.clone() for k, v in model.esm.state_dict().items()}
     c = LM_SIZES["encoder_embed_dim"]
     lm.update({"encoder.lm_head.dense.weight": torch.randn(c, c), "encoder.lm_head.dense.bias": torch.randn(c),
@@ -155,12 +160,28 @@ def _fair_esm_files(saved, directory, cfg_kind: str, esm_name: str):
     return esmfold_path, esm_path
 
 
-@pytest.mark.parametrize("cfg_kind", ["dict", "namespace"])
+@pytest.mark.parametrize("cfg_kind", ["dict", "namespace", "omegaconf"])
 def test_fair_esm_layout_with_separate_esm2(saved, tmp_path, cfg_kind):
     esmfold_path, esm_path = _fair_esm_files(saved, tmp_path, cfg_kind, "lm.pt")
     model = ESMFold.from_pretrained(esmfold_path, backend="torch", esm_path=esm_path)
     assert model.config.trunk.structure_module.num_heads_ipa == 4
     _same_outputs(model, saved[2])
+
+
+def test_omegaconf_config_without_omegaconf_says_what_to_install(saved, tmp_path, monkeypatch):
+    from esmfold_fast.checkpoints import files
+
+    esmfold_path, esm_path = _fair_esm_files(saved, tmp_path, "omegaconf", "lm.pt")
+
+    def missing():
+        raise ImportError("No module named 'omegaconf'")
+
+    monkeypatch.setattr(files, "_omegaconf_globals", missing)
+    with pytest.raises(CheckpointError) as err:
+        ESMFold.from_pretrained(esmfold_path, esm_path=esm_path)
+    message = str(err.value)
+    assert str(esmfold_path) in message and "pip install" in message and "omegaconf" in message
+    assert "\n" not in message
 
 
 def test_fair_esm_finds_its_esm2_beside_the_file_or_says_where(saved, tmp_path, monkeypatch):
@@ -173,9 +194,8 @@ def test_fair_esm_finds_its_esm2_beside_the_file_or_says_where(saved, tmp_path, 
     assert str(esmfold_path) in str(err.value)
 
 
-def test_hub_name_from_local_cache(saved, tmp_path, monkeypatch):
-    cache = tmp_path / "hf"
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+def test_hub_name_from_local_cache(saved, hf_cache):
+    cache = hf_cache
     with pytest.raises(CheckpointError, match="facebook/esmfold_v1"):
         ESMFold.from_pretrained("facebook/esmfold_v1")
     repo = cache / "models--facebook--esmfold_v1"
@@ -208,3 +228,26 @@ def test_from_config_named_sizes():
     assert v1_8m.config.trunk.sequence_state_dim == 1024 and len(v1_8m.trunk.blocks) == 1
     with pytest.raises(ValueError):
         ESMFold.from_config("tiny", backend="nonsense")
+
+
+def test_loading_builds_on_meta_without_torchs_python_decompositions(saved):
+    """Loading builds the model on the meta device, then gives it storage. Random init or ``empty_like`` on meta
+    tensors would run torch's Python decompositions, whose import (torch._dynamo, sympy) costs ~70 MB of RSS."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from esmfold_fast import ESMFold\n"
+        f"model = ESMFold.from_pretrained({str(saved[0])!r}, backend='torch')\n"
+        f"out = model.infer({SEQS[0]!r}, num_recycles=0)\n"
+        "torch.save(out['positions'], sys.argv[1])\n"
+        "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))\n"
+    )
+    out = saved[0].parent / "meta_positions.pt"
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    # buffers refilled after materialising: the same fold as the in-process model's
+    expected = saved[1].infer(SEQS[0], num_recycles=0)["positions"]
+    assert torch.equal(torch.load(out, weights_only=True), expected)

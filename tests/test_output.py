@@ -19,13 +19,24 @@ import torch
 from Bio.PDB import MMCIFParser, PDBParser
 
 from esmfold_fast import residue_constants as rc
-from esmfold_fast.output import atomic_write, output_to_mmcif, output_to_pdbs, scores, scores_json
+from esmfold_fast.output import CHAIN_IDS, atomic_write, output_to_mmcif, output_to_pdbs, scores, scores_json
 from esmfold_fast.protein import make_atom14_masks
 
 LINKER = "G" * 25
 OFFSET = 512
 # Item 0: a 3-chain complex with an unknown residue; item 1: one chain, padded; B/Z/U/O read as X.
 SEQUENCES = ["MKTAYIAKQRQISFVKS:GWXHC:DEFLLP", "ACDEFGHIKLMNPQRSTVWYBZACDEFGHIK"]
+
+
+def random_sequences(seed: int) -> list[str]:
+    """A fresh batch: 1-4 items of 1-4 chains, odd lengths (17, 37, ...), some X/B/Z/U/O letters."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(rc.restypes * 3 + list("XBZUO"))
+    seqs = []
+    for _ in range(rng.integers(1, 5)):
+        lengths = rng.choice([1, 17, 37, int(rng.integers(2, 60))], size=rng.integers(1, 5))
+        seqs.append(":".join("".join(rng.choice(letters, size=n)) for n in lengths))
+    return seqs
 
 
 def _encode(seq: str):
@@ -91,7 +102,7 @@ def expected_atoms(out: dict, b: int, seq: str) -> dict:
                     continue
                 xyz = out["positions"][-1, b, pos, a14].double().numpy()
                 bfac = float(out["plddt"][b, pos, rc.atom_order[name]])
-                expected[("ABC"[c], k + 1, name)] = (resname, xyz, bfac)
+                expected[(CHAIN_IDS[c], k + 1, name)] = (resname, xyz, bfac)
             pos += 1
         pos += len(LINKER)
     return expected
@@ -117,29 +128,57 @@ def check_atoms(found: dict, expected: dict) -> None:
         assert element == key[2][0], key
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+def _is_known(letter: str) -> bool:
+    return letter in rc.restypes  # B/Z/U/O/X are read as X, which has no atoms
+
+
+@pytest.mark.parametrize("seed", [0, 1, 10, 11, 12, 13])
 def test_pdb_round_trips_through_biopython(seed):
-    out = synthetic_output(seed=seed)
+    seqs = SEQUENCES if seed < 10 else random_sequences(seed)
+    out = synthetic_output(seqs, seed=seed)
     pdbs = output_to_pdbs(out)
-    assert len(pdbs) == len(SEQUENCES)
-    for b, (pdb, seq) in enumerate(zip(pdbs, SEQUENCES)):
+    assert len(pdbs) == len(seqs)
+    for b, (pdb, seq) in enumerate(zip(pdbs, seqs)):
         structure = PDBParser(QUIET=True).get_structure(f"item{b}", io.StringIO(pdb))
         expected = expected_atoms(out, b, seq)
         check_atoms(parsed_atoms(structure), expected)
         # The linker is gone and numbering restarts at 1 per chain: chain lengths match the input
-        # (the X residue has no atoms, so it leaves a gap instead of a residue).
-        for c, chain in enumerate(seq.split(":")):
-            numbers = [r.id[1] for r in structure[0]["ABC"[c]]]
-            assert numbers == [k + 1 for k, letter in enumerate(chain) if letter in rc.restypes]
-        assert len(list(structure[0])) == seq.count(":") + 1
+        # (an X residue has no atoms, so it leaves a gap instead of a residue; an all-X chain is absent).
+        chains = enumerate(seq.split(":"))
+        written = [(CHAIN_IDS[c], chain) for c, chain in chains if any(map(_is_known, chain))]
+        assert [c.id for c in structure[0]] == [chain_id for chain_id, _ in written]
+        for chain_id, chain in written:
+            residues = list(structure[0][chain_id])
+            numbers = [k + 1 for k, letter in enumerate(chain) if _is_known(letter)]
+            assert [r.id[1] for r in residues] == numbers
+            for r in residues:  # atoms in atom37 order, AlphaFold's
+                names = [a.get_id() for a in r]
+                assert names == sorted(names, key=rc.atom_order.__getitem__), (chain_id, r.id)
         assert len(expected) == sum(1 for ln in pdb.splitlines() if ln.startswith("ATOM"))
+
+
+@pytest.mark.parametrize("seed", [20, 21])
+def test_pdb_columns_hold_the_model_values(seed):
+    """Coordinates and pLDDT are the model's values rounded in their columns, to the last digit."""
+    seqs = random_sequences(seed)
+    out = synthetic_output(seqs, seed=seed)
+    for b, (pdb, seq) in enumerate(zip(output_to_pdbs(out), seqs)):
+        expected = expected_atoms(out, b, seq)
+        atoms = [ln for ln in pdb.splitlines() if ln.startswith("ATOM")]
+        assert len(atoms) == len(expected)
+        for ln in atoms:
+            resname, xyz, bfac = expected[(ln[21], int(ln[22:26]), ln[12:16].strip())]
+            assert ln[17:20] == resname
+            assert ln[30:54] == "".join(f"{v:8.3f}" for v in xyz)
+            assert ln[60:66] == f"{bfac:6.2f}"
 
 
 def test_pdb_fixed_columns():
     out = synthetic_output(seed=2)
     pdb = output_to_pdbs(out)[0]
     lines = pdb.splitlines()
-    assert lines[-1] == "END"
+    assert lines[-1].rstrip() == "END"  # PDBIO writes the record name padded to 6 columns
+    assert not any(ln.startswith(("MODEL", "ENDMDL", "HEADER", "HETATM")) for ln in lines)
     atoms = [ln for ln in lines if ln.startswith("ATOM")]
     ters = [ln for ln in lines if ln.startswith("TER")]
     assert len(ters) == SEQUENCES[0].count(":") + 1
@@ -159,11 +198,43 @@ def test_pdb_fixed_columns():
         assert int(last[22:26]) == resseq and last[17:20] == ter[17:20]
 
 
-def test_mmcif_matches_pdb():
-    out = synthetic_output(seed=3)
-    for b, (cif, seq) in enumerate(zip(output_to_mmcif(out), SEQUENCES)):
+@pytest.mark.parametrize("seed", [3, 30])
+def test_mmcif_matches_pdb(seed):
+    seqs = SEQUENCES if seed < 10 else random_sequences(seed)
+    out = synthetic_output(seqs, seed=seed)
+    for b, (cif, pdb, seq) in enumerate(zip(output_to_mmcif(out), output_to_pdbs(out), seqs)):
         structure = MMCIFParser(QUIET=True).get_structure(f"item{b}", io.StringIO(cif))
-        check_atoms(parsed_atoms(structure), expected_atoms(out, b, seq))
+        found = parsed_atoms(structure)
+        check_atoms(found, expected_atoms(out, b, seq))
+        from_pdb = parsed_atoms(PDBParser(QUIET=True).get_structure(f"item{b}", io.StringIO(pdb)))
+        assert list(found) == list(from_pdb)  # same atoms in the same order
+
+
+def _long_monomer(length: int, letter: str = "W") -> dict:
+    """A minimal one-item output (what :func:`output_to_pdbs` reads) for the PDB size limits."""
+    aatype = torch.full((1, length), rc.restype_order[letter], dtype=torch.long)
+    out = make_atom14_masks(aatype)
+    out.update(
+        aatype=aatype,
+        residue_index=torch.arange(length)[None],
+        positions=torch.randn(1, 1, length, 14, 3),
+        plddt=100 * torch.rand(1, length, 37),
+    )
+    return out
+
+
+def test_pdb_limits_point_to_mmcif():
+    out = _long_monomer(7143)  # 7143 W x 14 atoms + 1 TER = 100003 serials
+    with pytest.raises(ValueError, match=r"5-digit serial.*mmCIF"):
+        output_to_pdbs(out)
+    assert len(output_to_pdbs(_long_monomer(7142))[0].splitlines()) == 7142 * 14 + 2  # ATOMs, TER, END
+    out = _long_monomer(30)
+    out["residue_index"] = out["residue_index"] * 400  # residue 29 is numbered 11601
+    with pytest.raises(ValueError, match=r"over 9999.*mmCIF"):
+        output_to_pdbs(out)
+    out = synthetic_output([":".join("A" * (len(CHAIN_IDS) + 1))])
+    with pytest.raises(ValueError, match="chain ids"):
+        output_to_pdbs(out)
 
 
 def test_scores_cover_real_residues_only():

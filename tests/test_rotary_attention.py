@@ -159,6 +159,43 @@ def test_reference_matches_fair_esm_multihead_attention():
     assert max_rel_err(got, expected) < 1e-6
 
 
+def rotated_logits_fp64(q, k, cos, sin, scale):
+    """scale * <rot(q_i), rot(k_j)> in float64, [B, H, L, L], with the rotation written out per half."""
+    h = q.shape[-1] // 2
+    c, s = cos.double(), sin.double()
+
+    def rot(x):  # [B, L, H, D] -> [B, H, L, D]
+        x = x.double().transpose(1, 2)
+        x1, x2 = x[..., :h], x[..., h:]
+        return torch.cat((x1 * c[:, :h] - x2 * s[:, :h], x2 * c[:, h:] + x1 * s[:, h:]), dim=-1)
+
+    return scale * rot(q) @ rot(k).transpose(-1, -2)
+
+
+# Max abs error of the returned probabilities against the float64 softmax (probs are in [0, 1]).
+PROBS_ATOL = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, *DTYPES])
+def test_reference_returns_weights(dtype, masked):
+    """``return_weights=True``: the same output, and probabilities [B, H, L, L] in q's dtype that are the
+    softmax of the rotated logits (padding keys exactly 0)."""
+    B, L, H, D = 2, 19, 3, 24
+    q, k, v = (t.to(dtype) for t in make_qkv(B, L, H, D, std=1.0, seed=21))
+    cos, sin = rotary_tables(L, D)
+    mask = padding_mask(B, L, 21) if masked else None
+    out, probs = rotary_attention_reference(q, k, v, cos, sin, mask, scale=0.3, return_weights=True)
+    assert torch.equal(out, rotary_attention_reference(q, k, v, cos, sin, mask, scale=0.3))
+    assert probs.shape == (B, H, L, L) and probs.dtype == dtype
+    logits = rotated_logits_fp64(q, k, cos, sin, 0.3)
+    if mask is not None:
+        logits = logits.masked_fill(mask[:, None, None, :], float("-inf"))
+        assert (probs.masked_select(mask[:, None, None, :].expand_as(probs)) == 0).all()
+    err = (probs.double() - logits.softmax(-1)).abs().max().item()
+    assert err <= PROBS_ATOL[dtype], err
+
+
 @pytest.mark.parametrize("arch", [90, 80])
 def test_aot_configs_cover_every_esm2_launch(arch):
     """Every (dtype, head dim, mask) launch the model makes on sm_<arch> has a config with its tiles."""

@@ -115,6 +115,17 @@ def test_torch_chunking_matches_unchunked(monkeypatch):
         monkeypatch.undo()
 
 
+@pytest.mark.parametrize(
+    "fn", [triangle_attention, triangle_attention_reference], ids=["kernel", "reference"]
+)
+def test_chunk_size_is_accepted_and_ignored(fn):
+    """chunk_size (pair rows per block of work) matters only to the torch path's memory."""
+    B, I, J, H, D = 1, 3, 17, 2, 16
+    q, k, v, bias = make_inputs(B, I, J, H, D, seed=18)
+    mask = make_mask(B, I, J, 18)
+    assert torch.equal(fn(q, k, v, bias, mask, chunk_size=1), fn(q, k, v, bias, mask))
+
+
 @pytest.mark.parametrize("fn", [triangle_attention, triangle_attention_torch], ids=["kernel", "torch"])
 def test_all_ones_mask_equals_no_mask(fn):
     B, I, J, H, D = 1, 2, 17, 2, 16

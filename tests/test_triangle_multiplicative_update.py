@@ -92,8 +92,9 @@ def _errors(out, refs):
     return err, ref_err, atol
 
 
-def _run_and_check(impl, z, mask, w, outgoing, dtype, chunk_size=None, refs=None):
-    out = IMPLS[impl](z.to(dtype), mask, _cast(w, dtype), outgoing, chunk_size=chunk_size)
+def _run_and_check(impl, z, mask, w, outgoing, dtype, refs=None, **chunks):
+    """``chunks``: ``chunk_size`` (pair rows per block) and, for the Triton path, ``hidden_chunk``."""
+    out = IMPLS[impl](z.to(dtype), mask, _cast(w, dtype), outgoing, **chunks)
     assert out.shape == z.shape and out.dtype == dtype
     assert torch.isfinite(out).all()
     refs = refs if refs is not None else _references(z, mask, w, outgoing, dtype)
@@ -150,11 +151,33 @@ def test_fp16_large_products_do_not_overflow(impl, poisoned_empty):
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("outgoing", [True, False], ids=["outgoing", "incoming"])
-def test_chunked_hidden_channels_and_c_h_not_c_z(impl, outgoing, poisoned_empty):
-    """c_hidden != c_z (x gets its own buffer) and the channel chunks, last one partial."""
+def test_chunked_and_c_h_not_c_z(impl, outgoing, poisoned_empty):
+    """c_hidden != c_z (x gets its own buffer) and chunked work, the last chunk partial: hidden channels
+    on the Triton path (``hidden_chunk``), pair rows on the torch path (``chunk_size``)."""
     w = _random_weights(32, 48, seed=7)
     z, mask = _inputs(2, 17, 32, "padded", seed=8)
-    _run_and_check(impl, z, mask, w, outgoing, torch.float32, chunk_size=20)
+    chunks = {"hidden_chunk": 20} if impl == "triton" else {"chunk_size": 5}
+    _run_and_check(impl, z, mask, w, outgoing, torch.float32, **chunks)
+
+
+def test_triton_chunk_size_means_rows_not_channels(monkeypatch):
+    """``chunk_size`` bounds pair rows, which the Triton kernels do not block by: it is accepted and
+    changes nothing (the trunk passes its row chunk), while ``hidden_chunk`` launches the projection
+    once per chunk of hidden channels."""
+    launches = []
+    kernel = tmu._trimul_project_kernel
+    original = kernel.run
+    monkeypatch.setattr(kernel, "run", lambda *args, **kwargs: launches.append(1) or original(*args, **kwargs))
+    w = _cast(_random_weights(16, 24, seed=17), torch.float32)
+    z, mask = _inputs(1, 9, 16, "random", seed=18)
+    z = z.float()
+    whole = triangle_multiplicative_update(z, mask, w)
+    assert len(launches) == 1
+    assert torch.equal(triangle_multiplicative_update(z, mask, w, chunk_size=4), whole)
+    assert len(launches) == 2
+    by_channels = triangle_multiplicative_update(z, mask, w, hidden_chunk=10)
+    assert len(launches) == 2 + 3  # 24 channels in chunks of 10
+    torch.testing.assert_close(by_channels, whole, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("arch", [90, 80])

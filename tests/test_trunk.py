@@ -112,8 +112,8 @@ def test_trunk_with_recycling_matches_transformers(backend):
     residx[0, 10:] += 40  # a chain break beyond the clipping distance
     ours.set_chunk_size(4)
     with torch.no_grad():
-        r = ref(s, z, aa, residx, mask, no_recycles=1)
-        o = ours(s, z, aa, residx, mask, no_recycles=1)
+        r = ref(s, z, aa, residx, mask, no_recycles=1)  # transformers names it no_recycles
+        o = ours(s, z, aa, residx, mask, num_recycles=1)
     v, pv = _pair_valid(mask)
     assert (o["s_s"] - r["s_s"])[v].abs().max() < 1e-9
     assert (o["s_z"] - r["s_z"])[pv].abs().max() < 1e-9
@@ -123,7 +123,7 @@ def test_trunk_with_recycling_matches_transformers(backend):
     # zero pair features may be passed as None (what ESMFold does): identical result
     with torch.no_grad():
         r0 = ref(s, torch.zeros_like(z), aa, residx, mask, no_recycles=0)
-        o0 = ours(s, None, aa, residx, mask, no_recycles=0)
+        o0 = ours(s, None, aa, residx, mask, num_recycles=0)
     assert (o0["s_z"] - r0["s_z"])[pv].abs().max() < 1e-9
     assert (o0["positions"][-1] - r0["positions"][-1])[v].abs().max() < 1e-4
 
@@ -164,7 +164,8 @@ def test_heads_match_openfold_helpers():
 def test_in_place_head_helpers_are_exact():
     """Chunked, in-place distogram symmetrisation is bit-identical to (x + x^T) / 2; pTM from the PAE
     probabilities equals pTM from the logits, padded sequences included."""
-    from esmfold_fast.heads import HEAD_CHUNK_ELEMENTS, pair_linear, symmetric_distogram_logits
+    from esmfold_fast.heads import pair_linear, symmetric_distogram_logits
+    from esmfold_fast.memory import HEAD_CHUNK_ELEMENTS
 
     gen = torch.Generator().manual_seed(31)
     n = 1 + int((4 * HEAD_CHUNK_ELEMENTS / 64) ** 0.5)  # several tiles per side, a partial last one

@@ -1,10 +1,10 @@
 """Measurement harness shared by ``esmfold-fast bench``, ``benchmarks/`` and ``profiling/``.
 
-Every measured point runs in its own Python process (``python -m esmfold_fast.bench_measure SPEC``),
-so peak memory belongs to that one model and that one length: on CPU the child's peak RSS
-(``getrusage(RUSAGE_SELF).ru_maxrss``, what the parent's ``RUSAGE_CHILDREN`` would report for it),
-on CUDA ``torch.cuda.max_memory_allocated``. The child prints one JSON line; :func:`run_point`
-returns it as a dict.
+Every measured point runs in its own Python process
+(``python -m esmfold_fast.benchmarking.measure SPEC``), so peak memory belongs to that one model and
+that one length: on CPU the child's own peak RSS (``VmHWM`` of ``/proc/self/status``, see
+:func:`_peak_rss`), on CUDA ``torch.cuda.max_memory_allocated``. The child prints one JSON line;
+:func:`run_point` returns it as a dict.
 
 Both sides of a comparison load the *same* random weights: :func:`prepare_esmfold_checkpoint`
 writes a transformers ``EsmForProteinFolding`` directory (every parameter randomised, so no
@@ -16,6 +16,7 @@ a fair-esm raw ``.pt`` for the ESM-2-only comparison.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -31,7 +32,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from .config import ESM2Config, ESMFoldConfig
+from ..config import ESM2Config, ESMFoldConfig
 
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 FOLD_PROVIDERS = ("ours", "reference", "transformers")
@@ -63,6 +64,35 @@ def randomize_parameters_(module: nn.Module, seed: int = 0) -> nn.Module:
     return module
 
 
+def rotary_tables(length: int, head_dim: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [length, head_dim] of ESM-2's rotary embedding (rotate-halves layout), in fp32."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    freqs = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def tri_mul_weights(c_z: int, c_h: int, device: torch.device | str, dtype: torch.dtype,
+                    generator: torch.Generator):
+    """Random ``fastfold_kernels.triangle_multiplicative_update.TriMulWeights``: fan-in scaled
+    matrices, LayerNorm gains around 1, biases of std 0.2. Drawn on ``generator``'s device, then moved
+    to ``device`` and ``dtype``."""
+    from fastfold_kernels.triangle_multiplicative_update import TriMulWeights
+
+    def r(*shape, centre=0.0, std=None):
+        std = std if std is not None else shape[-1] ** -0.5
+        draw = torch.randn(*shape, generator=generator, device=generator.device)
+        return (centre + std * draw).to(device=device, dtype=dtype)
+
+    return TriMulWeights(
+        ln_in_weight=r(c_z, centre=1.0, std=0.2), ln_in_bias=r(c_z, std=0.2),
+        a_p_weight=r(c_h, c_z), a_p_bias=r(c_h, std=0.2), a_g_weight=r(c_h, c_z), a_g_bias=r(c_h, std=0.2),
+        b_p_weight=r(c_h, c_z), b_p_bias=r(c_h, std=0.2), b_g_weight=r(c_h, c_z), b_g_bias=r(c_h, std=0.2),
+        ln_out_weight=r(c_h, centre=1.0, std=0.2), ln_out_bias=r(c_h, std=0.2),
+        z_weight=r(c_z, c_h), z_bias=r(c_z, std=0.2), g_weight=r(c_z, c_z), g_bias=r(c_z, std=0.2),
+    )
+
+
 def transformers_config_kwargs(cfg: ESMFoldConfig) -> dict[str, Any]:
     """``EsmConfig`` keyword arguments of an ``EsmForProteinFolding`` with ``cfg``'s shapes."""
     import dataclasses
@@ -92,6 +122,35 @@ def transformers_config_kwargs(cfg: ESMFoldConfig) -> dict[str, Any]:
     )
 
 
+def transformers_esmfold(cfg: ESMFoldConfig, device: torch.device | str | None = None) -> nn.Module:
+    """transformers' ``EsmForProteinFolding`` with ``cfg``'s shapes (its own initialisation; its
+    __init__ halves the LM when ``cfg.fp16_esm``), built on ``device``, in eval mode."""
+    from transformers import EsmConfig, EsmForProteinFolding
+
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = EsmForProteinFolding(EsmConfig(**transformers_config_kwargs(cfg)))
+    return model.eval()
+
+
+def transformers_inputs(sequence: str, device: torch.device | str):
+    """``aatype``, ``attention_mask`` and ``position_ids`` [1, L] of ``EsmForProteinFolding.forward``."""
+    from transformers.models.esm.openfold_utils import residue_constants as rc
+
+    aatype = torch.tensor([rc.restype_order_with_x.get(a, 20) for a in sequence], device=device)[None]
+    mask = torch.ones_like(aatype)
+    position_ids = torch.arange(len(sequence), device=device)[None]
+    return aatype, mask, position_ids
+
+
+def fair_esm2(num_layers: int, embed_dim: int, attention_heads: int, token_dropout: bool = True) -> nn.Module:
+    """fair-esm's ``ESM2`` with the ESM-1b alphabet (every ESM-2 checkpoint's)."""
+    import esm
+
+    return esm.model.esm2.ESM2(num_layers=num_layers, embed_dim=embed_dim, attention_heads=attention_heads,
+                               alphabet=esm.data.Alphabet.from_architecture("ESM-1b"),
+                               token_dropout=token_dropout)
+
+
 def _cache_root() -> Path:
     root = Path(os.environ.get("ESMFOLD_FAST_BENCH_CACHE", Path(tempfile.gettempdir()) / "esmfold_fast_bench"))
     root.mkdir(parents=True, exist_ok=True)
@@ -107,14 +166,12 @@ def prepare_esmfold_checkpoint(cfg: ESMFoldConfig, seed: int = 0, root: Path | N
     random weights at ``cfg``'s shapes, LM kept in fp32 (``fp16_esm=False``) for fair CPU timing."""
     import dataclasses
 
-    from transformers import EsmConfig, EsmForProteinFolding
-
     cfg = dataclasses.replace(cfg, fp16_esm=False)
     out = (root or _cache_root()) / f"esmfold-{cfg.esm_type}-{_key(dataclasses.asdict(cfg), seed)}"
     if (out / "DONE").is_file():
         return out
     out.mkdir(parents=True, exist_ok=True)
-    model = EsmForProteinFolding(EsmConfig(**transformers_config_kwargs(cfg))).eval()
+    model = transformers_esmfold(cfg)
     randomize_parameters_(model, seed)
     model.save_pretrained(out)
     (out / "DONE").write_text("ok\n")
@@ -123,18 +180,13 @@ def prepare_esmfold_checkpoint(cfg: ESMFoldConfig, seed: int = 0, root: Path | N
 
 def prepare_esm2_checkpoint(cfg: ESM2Config, seed: int = 0, root: Path | None = None) -> Path:
     """Write (once) a fair-esm raw-layout ESM-2 ``.pt`` plus its contact-regression sibling."""
-    import esm
-
     name = f"esm2_t{cfg.num_layers}_d{cfg.embed_dim}_bench"
     out_dir = (root or _cache_root()) / f"esm2-{_key(cfg.num_layers, cfg.embed_dim, cfg.attention_heads, seed)}"
     path = out_dir / f"{name}.pt"
     if (out_dir / "DONE").is_file():
         return path
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = esm.model.esm2.ESM2(num_layers=cfg.num_layers, embed_dim=cfg.embed_dim,
-                                attention_heads=cfg.attention_heads,
-                                alphabet=esm.data.Alphabet.from_architecture("ESM-1b"),
-                                token_dropout=cfg.token_dropout)
+    model = fair_esm2(cfg.num_layers, cfg.embed_dim, cfg.attention_heads, cfg.token_dropout)
     randomize_parameters_(model, seed)
     state = {}
     for k, v in model.state_dict().items():
@@ -164,17 +216,34 @@ def measure_matmul_peak(device: str | torch.device = "cpu", dtype: torch.dtype =
     torch.matmul(a, b)
     best = math.inf
     for _ in range(repeats):
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         torch.matmul(a, b)
-        _sync(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - t0)
     return 2.0 * n ** 3 / best
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the device's queued work (a no-op on CPU), so wall-clock times cover it."""
+    device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed_runs(fn, device: torch.device | str, *, warmup: int = 0, repeats: int = 1) -> tuple[list[float], Any]:
+    """Seconds of each of ``repeats`` synchronised calls of ``fn()`` after ``warmup`` untimed ones, under
+    ``torch.inference_mode``; returns the times and the last call's output."""
+    times, out = [], None
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            synchronize(device)
+            t0 = time.perf_counter()
+            out = fn()
+            synchronize(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    return times, out
 
 
 def default_device() -> str:
@@ -208,10 +277,15 @@ def _dtype(name: str) -> torch.dtype:
             "float64": torch.float64}[name]
 
 
+def ours_fold(model, sequence: str, num_recycles: int | None):
+    """A no-argument fold of ``sequence`` by our ``ESMFold``; returns the final atom14 positions."""
+    return lambda: model.infer([sequence], num_recycles=num_recycles)["positions"][-1, 0]
+
+
 def build_fold(spec: dict):
     """Load the model named by ``spec`` and return a no-argument callable running one fold."""
     device, dtype = torch.device(spec["device"]), _dtype(spec["dtype"])
-    seq, passes = spec["sequence"], spec["num_passes"]
+    seq, num_recycles = spec["sequence"], spec["num_passes"] - 1
     provider = spec["provider"]
     if provider in ("ours", "reference"):
         from esmfold_fast import ESMFold
@@ -221,25 +295,18 @@ def build_fold(spec: dict):
         model.eval()
         if spec.get("chunk_size", "default") != "default":
             model.set_chunk_size(spec["chunk_size"])
-
-        def fold():
-            return model.infer([seq], num_recycles=passes - 1)["positions"][-1, 0]
-
-        return fold
+        return ours_fold(model, seq, num_recycles)
     if provider == "transformers":
         from transformers import EsmForProteinFolding
-        from transformers.models.esm.openfold_utils import residue_constants as rc
 
         model = EsmForProteinFolding.from_pretrained(spec["checkpoint"]).to(device=device, dtype=dtype).eval()
         if spec.get("chunk_size", "default") != "default":
             model.trunk.set_chunk_size(spec["chunk_size"])
-        aatype = torch.tensor([rc.restype_order_with_x.get(a, 20) for a in seq], device=device)[None]
-        mask = torch.ones_like(aatype)
-        position_ids = torch.arange(len(seq), device=device)[None]
+        aatype, mask, position_ids = transformers_inputs(seq, device)
 
         def fold():
             # transformers' infer() has no num_recycles; forward(num_recycles=N) runs N + 1 passes.
-            out = model(aatype, mask, position_ids=position_ids, num_recycles=passes - 1)
+            out = model(aatype, mask, position_ids=position_ids, num_recycles=num_recycles)
             return out["positions"][-1, 0]
 
         return fold
@@ -257,14 +324,10 @@ def build_esm2_forward(spec: dict):
 
         model = ESM2.from_pretrained(spec["checkpoint"], device=device, dtype=dtype).eval()
     elif spec["provider"] == "fair-esm":
-        import esm
-
         raw = torch.load(spec["checkpoint"], map_location="cpu", weights_only=False)
         args = raw["cfg"]["model"]
-        model = esm.model.esm2.ESM2(num_layers=args.encoder_layers, embed_dim=args.encoder_embed_dim,
-                                    attention_heads=args.encoder_attention_heads,
-                                    alphabet=esm.data.Alphabet.from_architecture("ESM-1b"),
-                                    token_dropout=args.token_dropout)
+        model = fair_esm2(args.encoder_layers, args.encoder_embed_dim, args.encoder_attention_heads,
+                          args.token_dropout)
         state = {k.replace("encoder.sentence_encoder.", "").replace("encoder.", ""): v
                  for k, v in raw["model"].items()}
         model.load_state_dict(state, strict=False)
@@ -289,16 +352,7 @@ def _child_main(spec: dict) -> dict:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         cuda_before = torch.cuda.memory_allocated(device)
-    times = []
-    out = None
-    with torch.inference_mode():
-        for i in range(spec.get("warmup", 0) + spec.get("repeats", 1)):
-            _sync(device)
-            t0 = time.perf_counter()
-            out = fn()
-            _sync(device)
-            if i >= spec.get("warmup", 0):
-                times.append(time.perf_counter() - t0)
+    times, out = timed_runs(fn, device, warmup=spec.get("warmup", 0), repeats=spec.get("repeats", 1))
     result = {
         "times_s": times,
         "median_s": statistics.median(times),
@@ -330,7 +384,7 @@ def run_point(spec: dict, timeout: float | None = None, env: dict | None = None)
         child_env.pop("TRITON_INTERPRET", None)  # interpreted kernels cannot run on CUDA tensors
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", "esmfold_fast.bench_measure", json.dumps(spec)],
+        proc = subprocess.run([sys.executable, "-m", "esmfold_fast.benchmarking.measure", json.dumps(spec)],
                               capture_output=True, text=True, timeout=timeout, env=child_env)
     except subprocess.TimeoutExpired as err:
         raise PointFailed(f"{_describe(spec)}: timed out after {timeout} s") from err
@@ -346,7 +400,6 @@ def run_point(spec: dict, timeout: float | None = None, env: dict | None = None)
 
 def _describe(spec: dict) -> str:
     return f"{spec.get('task')}/{spec.get('provider')} L={spec.get('length')} {spec.get('dtype')}"
-
 
 
 def add_model_arguments(ap: argparse.ArgumentParser) -> None:
@@ -435,7 +488,7 @@ def machine_info() -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m esmfold_fast.bench_measure '<json spec>'", file=sys.stderr)
+        print("usage: python -m esmfold_fast.benchmarking.measure '<json spec>'", file=sys.stderr)
         return 2
     result = _child_main(json.loads(argv[0]))
     print(_RESULT_TAG + json.dumps(result), flush=True)

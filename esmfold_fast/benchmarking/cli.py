@@ -5,7 +5,7 @@ the default structure module (``esmfold_v1_8M``), on CUDA the released ``esmfold
 providers load the same weights (one transformers checkpoint written once to a cache directory, or
 one in-process model when transformers is not installed). Then the L=384 row of the paper is put in
 context: measured when the model and length are esmfold_v1 at 384 with 4 passes, otherwise an
-ESTIMATE extrapolated from the FLOP rate measured here (``esmfold_fast.bench_flops``), labelled so.
+ESTIMATE extrapolated from the FLOP rate measured here (``esmfold_fast.benchmarking.flops``), labelled so.
 
     esmfold-fast bench                       # default comparison, printed table
     esmfold-fast bench --json bench.json     # also write every number
@@ -18,21 +18,22 @@ import argparse
 import json
 import statistics
 import sys
-import time
 
 import torch
 
-from .bench_flops import esmfold_costs, esmfold_flops, total
-from .bench_measure import (
+from ..config import named_config
+from .flops import esmfold_costs, esmfold_flops, total
+from .measure import (
     build_fold,
     default_device,
     fold_spec,
     machine_info,
     measure_matmul_peak,
+    ours_fold,
     prepare_esmfold_checkpoint,
     random_sequence,
+    timed_runs,
 )
-from .config import named_config
 
 # REFERENCE.md section 3
 PAPER_ESMFOLD_V100_384_S = 14.2  # ESMFold paper, one V100, 384 residues
@@ -100,30 +101,14 @@ def _folds(args, cfg):
             return build_fold(fold_spec(provider, ckpt, L, num_passes=args.passes, dtype=dtype,
                                         device=args.device))
     else:
-        from . import ESMFold
+        from .. import ESMFold
 
         model = ESMFold.from_config(cfg, device=args.device, dtype=getattr(torch, args.dtype)).eval()
 
         def make(provider, L):
             model.set_backend("reference" if provider == "reference" else "auto")
-            seq = random_sequence(L)
-            return lambda: model.infer([seq], num_recycles=args.passes - 1)["positions"][-1, 0]
+            return ours_fold(model, random_sequence(L), num_recycles=args.passes - 1)
     return providers, make, notes
-
-
-def _time(fold, repeats: int, device: str) -> list[float]:
-    times = []
-    with torch.inference_mode():
-        fold()  # warm-up: allocator, lazy initialisation, kernel compilation on CUDA
-        for _ in range(repeats):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fold()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-    return times
 
 
 def run(args) -> dict:
@@ -137,7 +122,8 @@ def run(args) -> dict:
         flops = total(esmfold_costs(L, cfg, args.passes)).flops
         for provider in providers:
             fold = make(provider, L)
-            times = _time(fold, args.repeats, args.device)
+            # one warm-up fold: allocator, lazy initialisation, kernel compilation on CUDA
+            times, _ = timed_runs(fold, args.device, warmup=1, repeats=args.repeats)
             med = statistics.median(times)
             rows.append(dict(provider=provider, L=L, median_s=med, times_s=times, flops=flops,
                              gflops=flops / med / 1e9, fraction_of_matmul_peak=flops / med / peak,

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from .config import ESM2Config, ESMFoldConfig, StructureModuleConfig, TrunkConfig
+from ..config import ESM2Config, ESMFoldConfig, StructureModuleConfig, TrunkConfig
 
 # Per-element costs of the non-matmul work (see the module docstring).
 _LN = 8.0
