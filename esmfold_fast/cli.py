@@ -141,12 +141,13 @@ def fold(args: argparse.Namespace) -> int:
     _make_outdir(outdir)
     model = _load_model(args)
 
+    record_errors = (RuntimeError, ValueError, OSError, *_triton_errors())
     failed = 0
     for n, record in enumerate(records, start=1):
         t0 = time.perf_counter()
         try:
             summary = _fold_record(model, record, args, outdir)
-        except (RuntimeError, ValueError, OSError) as err:
+        except record_errors as err:
             failed += 1
             _error(f"{args.input}: record {record.index} {record.id!r}: folding failed: {_fold_failure(err)}")
             _release_accelerator_memory()
@@ -178,8 +179,8 @@ def _fold_record(model, record: FastaRecord, args: argparse.Namespace, outdir: P
 
     from .output import atomic_write, output_to_mmcif, output_to_pdbs, scores_json
 
-    with torch.inference_mode():
-        output = model.infer([record.sequence], num_recycles=args.num_recycles)
+    with torch.inference_mode():  # the writers need no [L, L, C] output: leave them out (GBs at L ~ 2700)
+        output = model.infer([record.sequence], num_recycles=args.num_recycles, return_pair_outputs=False)
     texts: dict[str, str] = {}
     if args.format in ("pdb", "both"):
         texts[".pdb"] = output_to_pdbs(output)[0]
@@ -269,11 +270,55 @@ def _bench(argv: Sequence[str]) -> int:
     return int(status or 0)
 
 
+def _triton_errors() -> tuple[type[BaseException], ...]:
+    """Triton's exception classes, which are not ``RuntimeError`` (none when triton is missing).
+
+    ``TritonError`` is the base of ``OutOfResources``, ``CompilationError``, ``PTXASError`` and the
+    rest since triton 3; the two named ones are added for layouts without that base. Looked up only
+    when :data:`fastfold_kernels.HAVE_TRITON` says triton imported, so this never imports it anew.
+    """
+    import importlib
+
+    from fastfold_kernels import HAVE_TRITON
+
+    if not HAVE_TRITON:
+        return ()
+    found = []
+    for module, name in (
+        ("triton.errors", "TritonError"),
+        ("triton.runtime.errors", "OutOfResources"),
+        ("triton.compiler.errors", "CompilationError"),
+    ):
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except Exception:  # another triton layout: that class is simply not caught by name
+            continue
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            found.append(cls)
+    return tuple(found)
+
+
 def _fold_failure(err: BaseException) -> str:
+    if type(err).__module__.split(".")[0] == "triton":
+        return _triton_failure(err)
     message = _one_line(err)
     if "out of memory" in message.lower():
         message += " (try a smaller --chunk-size, a lower-precision --dtype or a shorter sequence)"
     return message
+
+
+def _triton_failure(err: BaseException) -> str:
+    """One line for a Triton exception: what failed, triton's own first line, and what to try."""
+    kinds = {cls.__name__ for cls in type(err).__mro__}
+    if "OutOfResources" in kinds:
+        detail = _one_line(err).split(". Reducing block sizes")[0]  # advice for kernel authors, not users
+        return (f"Triton kernel out of resources ({detail}); try a smaller --chunk-size, another --dtype "
+                "or --backend torch")
+    if "CompilationError" in kinds:
+        # The message opens with the kernel's source; the error itself is error_message.
+        detail = _one_line(getattr(err, "error_message", None) or err)
+        return f"Triton kernel failed to compile ({type(err).__name__}: {detail}); try --backend torch"
+    return f"Triton error ({type(err).__name__}: {_one_line(err)}); try --backend torch"
 
 
 def _release_accelerator_memory() -> None:

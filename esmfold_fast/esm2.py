@@ -8,9 +8,9 @@ Semantics and state-dict keys are fair-esm's ``esm.model.esm2.ESM2``, so a fair-
 loads unchanged; :mod:`esmfold_fast.checkpoints` maps transformers' ``EsmModel`` / ``EsmForMaskedLM``
 keys onto it.
 
-The hot paths run through the backend (``self.ops``): every LayerNorm, fused with the residual
-add that precedes it, and the rotary attention core. Attention weights, which the fused core does
-not return, are computed explicitly in plain PyTorch when asked for.
+The hot paths run through the backend (``self.ops``), with autograd on every backend: every LayerNorm,
+fused with the residual add that precedes it, and the rotary attention core. Attention weights, which the
+fused core does not return, are computed explicitly in plain PyTorch when asked for.
 """
 
 from __future__ import annotations
@@ -47,12 +47,23 @@ class RotaryEmbedding(nn.Module):
     The buffer stays fp32 whatever dtype the model is cast to: official checkpoints store values
     rounded in fp16 during training and positions beyond ~2k would be wrong if rounded again to
     bf16. Loaded values are kept, never recomputed.
+
+    ``fair_esm_half`` (default False): when the activations are fp16 or bf16, compute the tables as
+    fair-esm does after ``model.half()`` (``.bfloat16()``): ``inv_freq`` rounded to that dtype, the
+    positions ``arange(T).type_as(inv_freq)`` (rounded above 2048 in fp16, 256 in bf16), their outer product and
+    cos/sin all in that dtype. The tables are bit-identical to fair-esm's and are returned as fp32
+    (the conversion is exact). They are coarse (|cos| off by up to 0.12 at T=512 and 0.5 at T=2048
+    against fp32 tables), but ESMFold's trunk was trained behind fair-esm's fp16 LM, which saw them,
+    so :class:`~esmfold_fast.esmfold.ESMFold` turns this on for its LM. fp32 and fp64 activations,
+    and every standalone ESM-2 by default, get fp32 tables (fair-esm's fp32 ESM-2 computes fp32
+    tables; transformers computes fp32 tables at every dtype).
     """
 
-    def __init__(self, head_dim: int, theta: float = 10000.0) -> None:
+    def __init__(self, head_dim: int, theta: float = 10000.0, fair_esm_half: bool = False) -> None:
         super().__init__()
         self.head_dim = head_dim
         self.theta = theta
+        self.fair_esm_half = fair_esm_half
         self.register_buffer("inv_freq", default_inv_freq(head_dim, theta))
 
     def reset_buffers(self) -> None:
@@ -68,26 +79,39 @@ class RotaryEmbedding(nn.Module):
             self.inv_freq = src.to(device=self.inv_freq.device, dtype=torch.float32)
         return self
 
-    def _table_key(self, seq_len: int, device: torch.device) -> tuple:
+    def table_dtype(self, activation_dtype: torch.dtype) -> torch.dtype:
+        """The dtype the tables are computed in for activations of ``activation_dtype``."""
+        if self.fair_esm_half and activation_dtype in (torch.float16, torch.bfloat16):
+            return activation_dtype
+        return torch.float32
+
+    def _table_key(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple:
         # inv_freq's version counter and address change when it is loaded or moved; inference-mode
         # tables cannot be used by autograd, so the two modes keep separate tables.
         inv = self.inv_freq
-        return (seq_len, torch.device(device), inv.data_ptr(), inv._version, torch.is_inference_mode_enabled())
+        return (seq_len, torch.device(device), dtype, inv.data_ptr(), inv._version, torch.is_inference_mode_enabled())
 
-    def cos_sin(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin: [T, D] fp32 for positions 0..T-1 (both halves share each frequency).
+    def cos_sin(
+        self, seq_len: int, device: torch.device, activation_dtype: torch.dtype = torch.float32
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin: [T, D] fp32 for positions 0..T-1 (both halves share each frequency), computed in
+        :meth:`table_dtype` of ``activation_dtype`` (fp32 unless ``fair_esm_half``).
 
         The tables of the last length asked for are kept: every forward at that length reuses them
         (five small ops per layer saved, which on CPU cost more in thread synchronisation than in work).
         """
-        key = self._table_key(seq_len, device)
+        dtype = self.table_dtype(activation_dtype)
+        key = self._table_key(seq_len, device, dtype)
         cached = getattr(self, "_tables", None)
         if cached is not None and cached[0] == key:
             return cached[1], cached[2]
-        t = torch.arange(seq_len, device=device, dtype=torch.float32)
-        freqs = torch.outer(t, self.inv_freq.to(device=device, dtype=torch.float32))  # [T, D/2]
+        inv_freq = self.inv_freq.to(device=device, dtype=dtype)
+        # fair-esm: ``arange(T).type_as(inv_freq)``, ``einsum("i,j->ij")`` (one product rounded once, as
+        # ``outer``), cos/sin, all in inv_freq's dtype.
+        t = torch.arange(seq_len, device=device).to(dtype)
+        freqs = torch.outer(t, inv_freq)  # [T, D/2]
         emb = torch.cat((freqs, freqs), dim=-1)  # [T, D]
-        cos, sin = emb.cos(), emb.sin()
+        cos, sin = emb.cos().float(), emb.sin().float()
         self._tables = (key, cos, sin)
         return cos, sin
 
@@ -171,9 +195,9 @@ class ESM2SelfAttention(BackendModule):
         W, b = self.qkv_weight()
         qkv = F.linear(h, W, b).view(B, T, 3, self.num_heads, self.head_dim)  # [B, T, 3, H, D]
         q, k, v = qkv.unbind(2)  # each [B, T, H, D], strided views of qkv
-        cos, sin = self.rot_emb.cos_sin(T, h.device)  # [T, D] fp32
-        # The backend ops are forward-only; training (autograd) takes the plain PyTorch path too.
-        if need_weights or (torch.is_grad_enabled() and qkv.requires_grad):
+        cos, sin = self.rot_emb.cos_sin(T, h.device, h.dtype)  # [T, D] fp32
+        # The fused cores do not return their probabilities; asked for, they come from the plain PyTorch path.
+        if need_weights:
             out, weights = rotary_attention_reference(
                 q, k, v, cos, sin, key_padding_mask, self.scaling, return_weights=True
             )
@@ -274,6 +298,8 @@ class ESM2(BackendModule):
 
     ``lm_head=False`` leaves the masked-LM head out (ESMFold's LM has none); ``contact_head=False``
     leaves the contact regression out. Without them ``logits`` / ``contacts`` are not produced.
+    ``fair_esm_half_rotary=True`` makes the rotary tables as fair-esm does in a ``.half()`` model
+    whenever the model runs in fp16/bf16 (see :class:`RotaryEmbedding`; off by default: fp32 tables).
     """
 
     def __init__(
@@ -287,6 +313,7 @@ class ESM2(BackendModule):
         config: ESM2Config | None = None,
         lm_head: bool = True,
         contact_head: bool = True,
+        fair_esm_half_rotary: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(num_layers, ESM2Config):
@@ -331,6 +358,17 @@ class ESM2(BackendModule):
         self.lm_head = ESM2LMHead(config.embed_dim, self.embed_tokens.weight, eps) if lm_head else None
         # Why contacts cannot be computed (e.g. the regression file was missing); None = they can.
         self.contacts_unavailable: str | None = None if contact_head else "this ESM2 was built without a contact head"
+        self.fair_esm_half_rotary = fair_esm_half_rotary
+
+    @property
+    def fair_esm_half_rotary(self) -> bool:
+        """Whether fp16/bf16 runs use fair-esm's half-precision rotary tables (:class:`RotaryEmbedding`)."""
+        return all(layer.self_attn.rot_emb.fair_esm_half for layer in self.layers)
+
+    @fair_esm_half_rotary.setter
+    def fair_esm_half_rotary(self, value: bool) -> None:
+        for layer in self.layers:
+            layer.self_attn.rot_emb.fair_esm_half = bool(value)
 
     # ---------------------------------------------------------------------------------------------
     # forward
@@ -472,6 +510,7 @@ class ESM2(BackendModule):
         *,
         lm_head: bool | None = None,
         backend: str | None = None,
+        fair_esm_half_rotary: bool = False,
     ) -> "ESM2":
         """Load ESM-2 weights; nothing is ever downloaded.
 
@@ -479,11 +518,13 @@ class ESM2(BackendModule):
         ``<name>-contact-regression.pt`` if present), (b) a transformers ``EsmModel`` /
         ``EsmForMaskedLM`` directory, (c) a fair-esm name (``esm2_t6_8M_UR50D``, from the torch hub
         cache) or (d) a hub name (``facebook/esm2_t6_8M_UR50D``, from the Hugging Face cache).
-        ``lm_head=None`` builds the LM head when the checkpoint has one. Returns an eval-mode model.
+        ``lm_head=None`` builds the LM head when the checkpoint has one; ``fair_esm_half_rotary``: see
+        :class:`RotaryEmbedding`. Returns an eval-mode model.
         """
         from .checkpoints import load_esm2
 
         model = load_esm2(cls, path, device, dtype, lm_head)
+        model.fair_esm_half_rotary = fair_esm_half_rotary
         if backend is not None:
             set_backend(model, backend, device)
         return model.eval()

@@ -7,7 +7,10 @@ fair-esm's ESM-2 layout.
 
 Precision: the whole model runs in one dtype by default (fp16 matmuls are slow on CPU). On CUDA, a model
 built by :meth:`ESMFold.from_pretrained` / :meth:`ESMFold.from_config` in float32 with ``fp16_esm`` in its
-config runs the LM in fp16 like the reference; its representations are cast to the trunk dtype.
+config runs the LM in fp16 like the reference; its representations are cast to the trunk dtype. That LM
+also makes its rotary tables in fp16 as fair-esm's ``self.esm.half()`` does (``model.esm.fair_esm_half_rotary``,
+on by default here: the released trunk was trained behind those tables; see
+:class:`~esmfold_fast.esm2.RotaryEmbedding`). An fp32 LM (CPU, or ``fp16_esm`` off) has fp32 tables as before.
 
 A model built in bfloat16 or float16 (``dtype=torch.bfloat16``) stores and computes the pair track (pair
 state, triangle updates, triangle attention, pair transition) in that dtype, which is nearly all of the
@@ -50,6 +53,9 @@ from .trunk import FoldingTrunk, init_trunk_weights_
 # 0 is padding, 1..20 the residues, 21 unknown (X), 22 mask: AlphaFold2 order shifted by one.
 N_TOKENS_EMBED = rc.restype_num + 3
 STRUCTURE_KEYS = ("s_z", "s_s", "frames", "sidechain_frames", "unnormalized_angles", "angles", "positions", "states")
+# The outputs with a channel axis per residue pair, [B, L, L, C] (C = 128 or 64): 9 GB in fp32 at L = 2700.
+# ``return_pair_outputs=False`` leaves them out; ``predicted_aligned_error`` [B, L, L] stays.
+PAIR_OUTPUT_KEYS = ("s_z", "distogram_logits", "ptm_logits", "aligned_confidence_probs")
 
 
 class ESMFold(nn.Module):
@@ -62,7 +68,7 @@ class ESMFold(nn.Module):
         trunk_cfg = config.trunk
         c_s, c_z = trunk_cfg.sequence_state_dim, trunk_cfg.pairwise_state_dim
         self.alphabet = Alphabet("ESM-1b")
-        self.esm = ESM2(config.esm, lm_head=False, contact_head=False)
+        self.esm = ESM2(config.esm, lm_head=False, contact_head=False, fair_esm_half_rotary=True)
         self.esm.requires_grad_(False)
         self.esm_feats = config.esm.embed_dim
         self.register_buffer("af2_to_esm", self._af2_to_esm(self.alphabet))
@@ -156,6 +162,27 @@ class ESMFold(nn.Module):
         model = load_esmfold(cls, path, device, dtype, esm_path)
         return model._finish(backend, device)
 
+    @classmethod
+    def from_transformers(
+        cls,
+        model: nn.Module,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> "ESMFold":
+        """A copy of transformers' ``EsmForProteinFolding`` ``model`` (its config and weights) as an
+        :class:`ESMFold`, on ``device`` (default: the model's). The weights are copied, not shared."""
+        from .checkpoints.esmfold import esmfold_from_transformers
+
+        if device is None:
+            device = next(model.parameters()).device
+        device = torch.device(device)
+        name = type(model).__name__
+        ours = esmfold_from_transformers(
+            cls, model.config.to_dict(), model.state_dict(), device, dtype, (f"{name}.config", f"{name}.state_dict()")
+        )
+        return ours._finish(backend, device)
+
     def float32_islands(self) -> list[nn.Module]:
         """Modules that stay float32 in a half-precision model: the whole sequence track (the LM mix and its
         MLP, the trunk's sequence attention and MLP: O(L) or O(L^2 c_s) work, and the structure is most
@@ -177,9 +204,15 @@ class ESMFold(nn.Module):
             for module in self.float32_islands():
                 module.float()
 
+    def lm_in_fp16(self, device: torch.device) -> bool:
+        """Whether the LM runs in fp16 on ``device``: on CUDA, for a float32 model whose config has
+        ``fp16_esm``, as the reference runs it. Loaders build such an LM in fp16 from the start, so the
+        device never holds a float32 copy of the 3B LM (14 GB at peak instead of 8.4)."""
+        return device.type == "cuda" and self.config.fp16_esm and self.esm_s_combine.dtype == torch.float32
+
     def _finish(self, backend: str, device: torch.device) -> "ESMFold":
-        if device.type == "cuda" and self.config.fp16_esm and self.esm_s_combine.dtype == torch.float32:
-            self.esm.half()
+        if self.lm_in_fp16(device):
+            self.esm.half()  # a no-op when a loader built it in fp16
         self.set_backend(backend)
         return self.eval()
 
@@ -236,12 +269,19 @@ class ESMFold(nn.Module):
         residx: torch.Tensor | None = None,
         masking_pattern: torch.Tensor | None = None,
         num_recycles: int | None = None,
+        *,
+        return_pair_outputs: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Fold a batch of AlphaFold2-indexed sequences ``aa`` [B, L] (0-20, 20 = X).
 
         ``mask`` [B, L] 1 = residue; ``residx`` [B, L] residue indices (default 0..L-1); ``masking_pattern``
         [B, L] 1 = replace by ``<mask>`` for the LM; ``num_recycles`` None = ``max_recycles`` trunk passes,
         N = N + 1 passes. Returns fair-esm's ``forward`` dict (pLDDT on 0-100, pTM per sequence).
+
+        ``return_pair_outputs=False`` leaves out the [B, L, L, C] outputs ``s_z``, ``distogram_logits``,
+        ``ptm_logits`` and ``aligned_confidence_probs`` (:data:`PAIR_OUTPUT_KEYS`), each freed as soon as
+        pTM and PAE no longer need it (the distogram is never computed); every other output is the same,
+        bit for bit.
         """
         b, n = aa.shape
         if mask is None:
@@ -260,13 +300,19 @@ class ESMFold(nn.Module):
             out = {k: structure[k] for k in STRUCTURE_KEYS}
             del structure
             release_freed_heap()
-            return self._heads(out, aa, mask, residx)
+            return self._heads(out, aa, mask, residx, return_pair_outputs)
 
     def _heads(
-        self, out: dict[str, torch.Tensor], aa: torch.Tensor, mask: torch.Tensor, residx: torch.Tensor
+        self,
+        out: dict[str, torch.Tensor],
+        aa: torch.Tensor,
+        mask: torch.Tensor,
+        residx: torch.Tensor,
+        return_pair_outputs: bool = True,
     ) -> dict[str, torch.Tensor]:
         b, n = aa.shape
-        out["distogram_logits"] = symmetric_distogram_logits(self.distogram_head, out["s_z"])
+        if return_pair_outputs:
+            out["distogram_logits"] = symmetric_distogram_logits(self.distogram_head, out["s_z"])
         out["lm_logits"] = self.lm_head(out["s_s"].to(self.lm_head.weight.dtype))
         out["aatype"] = aa
         out.update(make_atom14_masks(aa))
@@ -278,9 +324,15 @@ class ESMFold(nn.Module):
         out["lddt_head"] = self.lddt_head(states).reshape(states.shape[0], b, n, -1, self.lddt_bins)
         out["plddt"] = plddt_from_logits(out["lddt_head"][-1])  # [B, L, 37], 0-100
         ptm_logits = pair_linear(self.ptm_head, out["s_z"])  # [B, L, L, bins]
-        out["ptm_logits"] = ptm_logits
+        if return_pair_outputs:
+            out["ptm_logits"] = ptm_logits
+        else:
+            del out["s_z"]
         out.update(predicted_aligned_error(ptm_logits, no_bins=self.distogram_bins))
         out["ptm"] = ptm_per_sequence(ptm_logits, mask, probs=out["aligned_confidence_probs"])
+        if not return_pair_outputs:
+            del ptm_logits, out["aligned_confidence_probs"]
+            release_freed_heap()
         return out
 
     # ------------------------------------------------------------------------------------------
@@ -296,6 +348,8 @@ class ESMFold(nn.Module):
         num_recycles: int | None = None,
         residue_index_offset: int | None = 512,
         chain_linker: str | None = "G" * 25,
+        *,
+        return_pair_outputs: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Fold one or more sequences; a multimer is its chains joined by ``':'``.
 
@@ -303,6 +357,8 @@ class ESMFold(nn.Module):
         ``i * residue_index_offset``; linker atoms are masked out of ``atom37_atom_exists``. Sequences are
         upper-cased and letters outside the 20 amino acids read as X; other characters raise ``ValueError``.
         Returns fair-esm's output dict plus ``mean_plddt`` [B] and ``chain_index`` [B, L] (-1 at padding).
+        ``return_pair_outputs=False``: without ``s_z``, ``distogram_logits``, ``ptm_logits`` and
+        ``aligned_confidence_probs`` (see :meth:`forward`); positions, pLDDT, pTM and PAE are kept.
         """
         if isinstance(sequences, str):
             sequences = [sequences]
@@ -318,7 +374,8 @@ class ESMFold(nn.Module):
         device = self.device
         aatype, mask, residx, linker_mask = (t.to(device) for t in (aatype, mask, residx, linker_mask))
         output = self.forward(
-            aatype, mask=mask, residx=residx.long(), masking_pattern=masking_pattern, num_recycles=num_recycles
+            aatype, mask=mask, residx=residx.long(), masking_pattern=masking_pattern, num_recycles=num_recycles,
+            return_pair_outputs=return_pair_outputs,
         )
         exists = output["atom37_atom_exists"] * linker_mask.unsqueeze(2).to(output["atom37_atom_exists"].dtype)
         output["atom37_atom_exists"] = exists
@@ -359,4 +416,4 @@ def _denormals_flushed(device: torch.device) -> Iterator[None]:
         torch.set_flush_denormal(was_on)
 
 
-__all__ = ["ESMFold"]
+__all__ = ["ESMFold", "PAIR_OUTPUT_KEYS"]

@@ -7,7 +7,9 @@
     exactly as ``x + residual`` would be in PyTorch.
 
 Three implementations share that signature: :func:`layer_norm` (Triton), :func:`layer_norm_reference`
-(naive PyTorch, the oracle) and :func:`layer_norm_torch` (``torch.nn.functional.layer_norm``).
+(naive PyTorch, the oracle) and :func:`layer_norm_torch` (``torch.nn.functional.layer_norm``). All three
+are differentiable; the Triton op's backward is a fused kernel (Liger-Kernel style: dx from the fp32
+mean/rstd the forward saves, dweight/dbias summed per program, then over programs).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .utils import TRITON_DTYPES, AOTConfig, cast_rne, require_triton, tl, triton
+from .utils import TRITON_DTYPES, AOTConfig, aot_config, cast_rne, interpreting, records_grad, require_triton, tl, triton
 
 # Elements one program normalises at once; rows are packed into the tile when C is narrow (the pair
 # tensor's C=128 rows would leave most lanes idle one row per program).
@@ -30,6 +32,8 @@ def _layer_norm_fwd_kernel(
     Bias,  # *wdtype [C] (unused unless HAS_BIAS)
     Y,  # *dtype [n_rows, C] contiguous
     S,  # *dtype [n_rows, C] contiguous: x + residual (unused unless HAS_RES)
+    Mean,  # *fp32 [n_rows]: the row means, for the backward (unused unless STORE_STATS)
+    Rstd,  # *fp32 [n_rows]: 1 / sqrt(var + eps) (unused unless STORE_STATS)
     n_rows,
     n_inner,
     stride_xo,
@@ -42,6 +46,7 @@ def _layer_norm_fwd_kernel(
     HAS_BIAS: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    STORE_STATS: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R], int64: rows * C can pass 2^31
@@ -67,6 +72,9 @@ def _layer_norm_fwd_kernel(
     diff = tl.where(tile_ok, x - mean[:, None], 0.0)  # [BLOCK_R, BLOCK_C]
     var = tl.sum(diff * diff, axis=1) / C  # [BLOCK_R], two-pass: no E[x^2] - mean^2 cancellation
     rstd = 1.0 / tl.sqrt(var + eps)
+    if STORE_STATS:
+        tl.store(Mean + rows, mean, mask=row_ok)
+        tl.store(Rstd + rows, rstd, mask=row_ok)
     w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)  # [BLOCK_C]
     y = diff * rstd[:, None] * w[None, :]
     if HAS_BIAS:
@@ -81,6 +89,27 @@ def _block_shape(C: int) -> tuple[int, int, int]:
     block_r = max(1, _TILE_ELEMS // block_c)
     num_warps = min(16, max(4, (block_r * block_c) // 1024))
     return block_r, block_c, num_warps
+
+
+def _bwd_block_shape(C: int) -> tuple[int, int, int]:
+    """(BLOCK_R, BLOCK_C, num_warps) of the backward: the forward's tile, twice the warps (it holds
+    x, dy and dx live where the forward holds x and y), at most 8: 16 warps cap a thread at 128
+    registers, and the 8192-column tile (C = 5120) spills there."""
+    block_r, block_c, num_warps = _block_shape(C)
+    return block_r, block_c, min(8, 2 * num_warps)
+
+
+# Backward programs under the interpreter (few: each one's row blocks loop, which is what is tested).
+_BWD_PROGRAMS_INTERPRET = 4
+
+
+def _bwd_programs(n_blocks: int, device: torch.device) -> int:
+    """Programs of a backward launch over ``n_blocks`` row blocks: on CUDA 4 per SM (each sums its
+    blocks' dweight/dbias into one fp32 row, which the host then reduces), at most one per block."""
+    if interpreting() or device.type != "cuda":
+        return max(1, min(n_blocks, _BWD_PROGRAMS_INTERPRET))
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(n_blocks, 4 * sms))
 
 
 def _collapse_leading(t: torch.Tensor) -> list[tuple[int, int]] | None:
@@ -120,6 +149,144 @@ def _row_addressing(t: torch.Tensor, n_inner: int | None) -> tuple[torch.Tensor,
     return t, n1, s0, s1
 
 
+@triton.jit
+def _layer_norm_bwd_kernel(
+    X,  # *dtype, the normalised rows (x, or s = x + residual), addressed like the forward's X
+    DY,  # *dtype [n_rows, C] contiguous: gradient of y
+    DS,  # *dtype [n_rows, C] contiguous: gradient of s (unused unless HAS_DS)
+    W,  # *wdtype [C]
+    Mean,  # *fp32 [n_rows], saved by the forward
+    Rstd,  # *fp32 [n_rows], saved by the forward
+    DX,  # *dtype [n_rows, C] contiguous: gradient of the normalised input (+ DS)
+    DW,  # *fp32 [n_programs, C]: this program's partial sum of dy * xhat
+    DB,  # *fp32 [n_programs, C]: this program's partial sum of dy (unused unless HAS_BIAS)
+    n_rows,
+    n_inner,
+    stride_xo,
+    stride_xi,
+    C,
+    HAS_DS: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Liger-style LayerNorm backward: each program walks the row blocks pid, pid + n_programs, ...,
+    writes dx = rstd * (w*dy - mean(w*dy) - xhat * mean(w*dy*xhat)) (+ ds) for each, and keeps fp32
+    running sums of dy * xhat and dy per column, stored once at the end and reduced on the host."""
+    pid = tl.program_id(0)
+    n_progs = tl.num_programs(0)
+    cols = tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    col_ok = cols < C
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)  # [BLOCK_C]
+    dw_acc = tl.zeros([BLOCK_C], tl.float32)
+    db_acc = tl.zeros([BLOCK_C], tl.float32)
+    for blk in range(pid, tl.cdiv(n_rows, BLOCK_R), n_progs):
+        rows = blk * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)  # [BLOCK_R], int64 offsets
+        row_ok = rows < n_rows
+        tile_ok = row_ok[:, None] & col_ok[None, :]  # [BLOCK_R, BLOCK_C]
+        outer = rows // n_inner
+        inner = rows % n_inner
+        x_ptrs = X + (outer * stride_xo + inner * stride_xi)[:, None] + cols[None, :]
+        x = tl.load(x_ptrs, mask=tile_ok, other=0.0).to(tl.float32)
+        offs = rows[:, None] * C + cols[None, :]
+        dy = tl.load(DY + offs, mask=tile_ok, other=0.0).to(tl.float32)
+        mean = tl.load(Mean + rows, mask=row_ok, other=0.0)  # [BLOCK_R]
+        rstd = tl.load(Rstd + rows, mask=row_ok, other=0.0)
+        xhat = tl.where(tile_ok, (x - mean[:, None]) * rstd[:, None], 0.0)
+        wdy = dy * w[None, :]
+        c1 = tl.sum(xhat * wdy, axis=1) / C  # [BLOCK_R]
+        c2 = tl.sum(wdy, axis=1) / C
+        dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
+        if HAS_DS:
+            dx += tl.load(DS + offs, mask=tile_ok, other=0.0).to(tl.float32)
+        tl.store(DX + offs, cast_rne(dx, DX.dtype.element_ty), mask=tile_ok)
+        dw_acc += tl.sum(dy * xhat, axis=0)
+        if HAS_BIAS:
+            db_acc += tl.sum(dy, axis=0)
+    tl.store(DW + pid * C + cols, dw_acc, mask=col_ok)
+    if HAS_BIAS:
+        tl.store(DB + pid * C + cols, db_acc, mask=col_ok)
+
+
+def _layer_norm_fwd(x, weight, bias, eps, residual, store_stats: bool):
+    """The forward launch: (y, s or None, mean, rstd, (xn, n_inner, so, si)) where xn is the tensor
+    that was normalised (x, or s) and its row addressing; mean/rstd and xn only with ``store_stats``
+    (else y, y, None)."""
+    C = x.shape[-1]
+    n_rows = x.numel() // C if C else 0
+    addr_x = _row_addressing(x, None)
+    if addr_x is None:
+        addr_x = _row_addressing(x.contiguous(), None)
+    x, n_inner, sxo, sxi = addr_x
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    has_res = residual is not None  # (residual may be x itself)
+    if has_res:
+        addr_r = _row_addressing(residual, n_inner)
+        if addr_r is None:
+            addr_r = _row_addressing(residual.contiguous(), n_inner)
+        residual, _, sro, sri = addr_r
+        s = torch.empty_like(y)
+    else:
+        residual, s, sro, sri = x, y, 0, 0
+    if store_stats:
+        mean, rstd = torch.empty((2, n_rows), dtype=torch.float32, device=x.device)
+        xn = (s, *_row_addressing(s, None)[1:]) if has_res else (x, n_inner, sxo, sxi)
+    else:
+        mean = rstd = y  # never written: STORE_STATS is False
+        xn = None
+    if n_rows:
+        block_r, block_c, num_warps = _block_shape(C)
+        _layer_norm_fwd_kernel[(triton.cdiv(n_rows, block_r),)](
+            x, residual, weight, bias if bias is not None else weight, y, s, mean, rstd,
+            n_rows, n_inner, sxo, sxi, sro, sri, C, eps,
+            HAS_RES=has_res, HAS_BIAS=bias is not None,
+            BLOCK_R=block_r, BLOCK_C=block_c, STORE_STATS=store_stats, num_warps=num_warps,
+        )  # fmt: skip
+    return y, (s if has_res else None), mean, rstd, xn
+
+
+class _LayerNormFn(torch.autograd.Function):
+    """:func:`layer_norm` under autograd: the forward kernel also stores the fp32 row mean and rstd,
+    the backward is :func:`_layer_norm_bwd_kernel`. Outputs ``y``, or ``(y, s)`` with a residual."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, residual, eps):
+        y, s, mean, rstd, (xn, n_inner, so, si) = _layer_norm_fwd(x, weight, bias, eps, residual, True)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(xn, weight, mean, rstd)
+        ctx.addressing = (n_inner, so, si)
+        ctx.has_bias, ctx.has_res, ctx.x_shape = bias is not None, residual is not None, x.shape
+        return y if s is None else (y, s)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # double backward: a clear error
+    def backward(ctx, dy, ds=None):
+        xn, weight, mean, rstd = ctx.saved_tensors
+        n_inner, so, si = ctx.addressing
+        C = weight.shape[0]
+        n_rows = mean.numel()
+        if dy is None and ds is None:
+            return None, None, None, None, None
+        dy = torch.zeros(ctx.x_shape, dtype=xn.dtype, device=xn.device) if dy is None else dy
+        dy = dy.to(xn.dtype).contiguous()
+        dx = torch.empty(ctx.x_shape, dtype=xn.dtype, device=xn.device)
+        block_r, block_c, num_warps = _bwd_block_shape(C)
+        n_progs = _bwd_programs(triton.cdiv(n_rows, block_r), xn.device) if n_rows else 1
+        # [dweight, dbias] partial sums, one row per program (zeros: no rows, no program)
+        partial = (torch.empty if n_rows else torch.zeros)((2, n_progs, C), dtype=torch.float32, device=xn.device)
+        if n_rows:
+            has_ds = ds is not None
+            ds = ds.to(xn.dtype).contiguous() if has_ds else dy
+            _layer_norm_bwd_kernel[(n_progs,)](
+                xn, dy, ds, weight, mean, rstd, dx, partial[0], partial[1],
+                n_rows, n_inner, so, si, C,
+                HAS_DS=has_ds, HAS_BIAS=ctx.has_bias, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=num_warps,
+            )  # fmt: skip
+        dweight = partial[0].sum(0).to(weight.dtype)
+        dbias = partial[1].sum(0).to(weight.dtype) if ctx.has_bias else None
+        return dx, dweight, dbias, (dx if ctx.has_res else None), None
+
+
 def layer_norm(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -131,6 +298,8 @@ def layer_norm(
 
     Rows may be strided views (the last dim must be contiguous, otherwise x is copied once). Outputs
     are new contiguous tensors of x's shape and dtype. fp16, bf16 and fp32 inputs; statistics in fp32.
+    Differentiable: with grad enabled and any input requiring grad, the backward is a fused Triton
+    kernel (gradients of x, weight, bias and residual; both ``y`` and ``s`` may receive gradients).
     """
     require_triton()
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
@@ -140,34 +309,13 @@ def layer_norm(
         raise ValueError(f"weight/bias must have shape ({C},), got {tuple(weight.shape)}")
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
-    n_rows = x.numel() // C if C else 0
-
-    addr_x = _row_addressing(x, None)
-    if addr_x is None:
-        addr_x = _row_addressing(x.contiguous(), None)
-    x, n_inner, sxo, sxi = addr_x
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if residual is not None:
         residual = residual.to(x.dtype)
-        addr_r = _row_addressing(residual, n_inner)
-        if addr_r is None:
-            addr_r = _row_addressing(residual.contiguous(), n_inner)
-        residual, _, sro, sri = addr_r
-        s = torch.empty_like(y)
-    else:
-        residual, s, sro, sri = x, y, 0, 0
-    if n_rows == 0:
-        return y if residual is x else (y, s)
-
-    block_r, block_c, num_warps = _block_shape(C)
-    grid = (triton.cdiv(n_rows, block_r),)
-    _layer_norm_fwd_kernel[grid](
-        x, residual, weight, bias if bias is not None else weight, y, s,
-        n_rows, n_inner, sxo, sxi, sro, sri, C, eps,
-        HAS_RES=residual is not x, HAS_BIAS=bias is not None,
-        BLOCK_R=block_r, BLOCK_C=block_c, num_warps=num_warps,
-    )  # fmt: skip
-    return y if residual is x else (y, s)
+    inputs = (x, weight, bias, residual)
+    if records_grad(*inputs):
+        return _LayerNormFn.apply(x, weight, bias, residual, eps)
+    y, s, *_ = _layer_norm_fwd(x, weight, bias, eps, residual, False)
+    return y if s is None else (y, s)
 
 
 def layer_norm_reference(
@@ -225,27 +373,28 @@ def _launch_shapes(widths=_MODEL_WIDTHS) -> dict[tuple[int, int, int], list[int]
 
 def aot_configs() -> list[AOTConfig]:
     """Every distinct LayerNorm kernel the model launches (bias always present there), named by the
-    widths it serves; the same on every architecture."""
+    widths it serves; the same on every architecture: the forward, and the backward (``_ds``: the
+    residual variant, whose sum also receives a gradient). The forward under autograd
+    (``STORE_STATS=True``: two more [BLOCK_R] stores) is left out to keep the compile report short."""
+    rows = ("n_rows", "n_inner", "stride_xo", "stride_xi")
     configs = []
     for (block_r, block_c, num_warps), widths in _launch_shapes().items():
+        tag = "-".join(map(str, widths))
+        bwd_r, bwd_c, bwd_warps = _bwd_block_shape(widths[0])
+        fwd_launch = dict(HAS_BIAS=True, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=num_warps, num_stages=1)
+        bwd_launch = dict(HAS_BIAS=True, BLOCK_R=bwd_r, BLOCK_C=bwd_c, num_warps=bwd_warps, num_stages=1)
         for tdt in TRITON_DTYPES.values():
-            for has_res in (False, True):
-                ptr = f"*{tdt}"
-                signature = {
-                    "X": ptr, "R": ptr, "W": ptr, "Bias": ptr, "Y": ptr, "S": ptr,
-                    "n_rows": "i32", "n_inner": "i32", "stride_xo": "i32", "stride_xi": "i32",
-                    "stride_ro": "i32", "stride_ri": "i32", "C": "i32", "eps": "fp32",
-                }  # fmt: skip
-                configs.append(
-                    AOTConfig(
-                        name=f"layer_norm_C{'-'.join(map(str, widths))}_{tdt}{'_res' if has_res else ''}",
-                        fn=_layer_norm_fwd_kernel,
-                        signature=signature,
-                        constexprs={"HAS_RES": has_res, "HAS_BIAS": True, "BLOCK_R": block_r, "BLOCK_C": block_c},
-                        num_warps=num_warps,
-                        num_stages=1,
-                    )
-                )
+            ptr = f"*{tdt}"
+            fwd = {**dict.fromkeys(("X", "R", "W", "Bias", "Y", "S", "Mean", "Rstd"), ptr),
+                   **dict.fromkeys((*rows, "stride_ro", "stride_ri", "C"), "i32"), "eps": "fp32"}  # fmt: skip
+            bwd = {**dict.fromkeys(("X", "DY", "DS", "W", "DX"), ptr),
+                   **dict.fromkeys(("Mean", "Rstd", "DW", "DB"), "*fp32"),
+                   **dict.fromkeys((*rows, "C"), "i32")}  # fmt: skip
+            for flag in (False, True):
+                fwd_name = f"layer_norm_C{tag}_{tdt}{'_res' * flag}"
+                bwd_name = f"layer_norm_bwd_C{tag}_{tdt}{'_ds' * flag}"
+                configs.append(aot_config(fwd_name, _layer_norm_fwd_kernel, fwd, {**fwd_launch, "HAS_RES": flag}))
+                configs.append(aot_config(bwd_name, _layer_norm_bwd_kernel, bwd, {**bwd_launch, "HAS_DS": flag}))
     return configs
 
 

@@ -6,10 +6,12 @@ rotary embedding and masks padding keys with ``-inf`` before a softmax over keys
 
 * :func:`rotary_attention` - Triton flash-attention kernel; the rotary is applied to the query tile
   once and to every key tile as it streams past, so rotated q/k are never written to memory and the
-  ``[L, L]`` logits of a head are never materialised (online softmax, fp32 statistics).
+  ``[L, L]`` logits of a head are never materialised (online softmax, fp32 statistics). Under
+  autograd its backward is fused too (FlashAttention-2 style: probabilities recomputed from the saved
+  log-sum-exp, the rotary applied in the kernel and its transpose applied to dq and dk).
 * :func:`rotary_attention_reference` - naive PyTorch mirroring fair-esm (the oracle).
 * :func:`rotary_attention_torch` - rotary into ``[B, H, L, D]`` buffers, then
-  ``F.scaled_dot_product_attention`` (the ``torch`` backend).
+  ``F.scaled_dot_product_attention`` (the ``torch`` backend); out of place under autograd.
 
 All three take ``q, k, v: [B, L, H, D]`` (any strides with a unit last-dim stride for the kernel),
 ``cos, sin: [L, D]`` (fp32), ``key_padding_mask: [B, L]`` bool with True = padding key, and return
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 
 from .utils import (
     LOG2E, TRITON_DTYPES, AOTConfig, aot_config, attention_launch, attention_operands, cuda_arch, dot,
-    dot_block, interpreting, require_triton, tl, triton,
+    dot_block, interpreting, records_grad, require_triton, tl, triton,
 )  # fmt: skip
 
 __all__ = [
@@ -128,13 +130,20 @@ def rotary_attention_torch(q, k, v, cos, sin, key_padding_mask=None, scale=None)
     Same signature and semantics as :func:`rotary_attention`. Returns [B, L, H, D]: the rotated
     q and k are [B, H, L, D] views of [B, L, H, D] buffers, and SDPA's output takes the query's
     layout, so on CPU the result is contiguous and the caller's head merge costs no copy.
+    Differentiable (in q, k, v, cos, sin) whenever grad is enabled and an input requires grad.
     """
     _check_inputs(q, k, v, cos, sin, key_padding_mask)
     D = q.shape[-1]
     scale = D**-0.5 if scale is None else scale
     cos = cos.to(device=q.device, dtype=torch.float32)
     sin = sin.to(device=q.device, dtype=torch.float32)
-    qr, kr = _rotary_qk(q, k, cos, sin).transpose(2, 3).unbind(0)  # [B, H, L, D] views
+    if records_grad(q, k, v, cos, sin):
+        # Under autograd the out-of-place rotary (``_rotary_qk`` writes into buffers, which autograd
+        # cannot differentiate): fp32 tables, rounded to q's dtype once.
+        cos_, sin_ = cos[:, None], sin[:, None]  # [L, 1, D]
+        qr, kr = ((x * cos_ + _rotate_half(x) * sin_).to(q.dtype).transpose(1, 2) for x in (q, k))
+    else:
+        qr, kr = _rotary_qk(q, k, cos, sin).transpose(2, 3).unbind(0)  # [B, H, L, D] views
     attn_mask = None
     if key_padding_mask is not None:
         attn_mask = ~key_padding_mask.bool()[:, None, None, :]  # [B, 1, 1, L], True = attend
@@ -169,7 +178,7 @@ def _rotary_halves(x_ptr, rows, row_stride, dh, h_ok, row_ok, cos_ptr, sin_ptr, 
 
 @triton.jit
 def _rotary_attention_fwd(
-    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, mask_ptr, out_ptr,
+    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, mask_ptr, out_ptr, lse_ptr,
     stride_qb, stride_ql, stride_qh,
     stride_kb, stride_kl, stride_kh,
     stride_vb, stride_vl, stride_vh,
@@ -183,12 +192,15 @@ def _rotary_attention_fwd(
     BLOCK_H: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    STORE_LSE: tl.constexpr = False,
 ):
     """One program = one block of BLOCK_M queries of one (batch, head); keys stream in BLOCK_N tiles.
 
     BLOCK_H (>= D/2) tiles each rotary half, BLOCK_D (>= D) the values; both are padded powers of two.
 
     ``qk_scale`` = scale * log2(e): folded into the rotated queries so the softmax uses exp2.
+    ``STORE_LSE`` (under autograd): also store each query's log2-sum-exp2 of its logits, fp32
+    [B, H, L] at ``lse_ptr``, from which the backward recomputes the probabilities.
     """
     # Flat 1-D grid, query tiles fastest: the programs reading one head's keys run together.
     pid = tl.program_id(0)
@@ -249,6 +261,164 @@ def _rotary_attention_fwd(
     out = acc / l_i[:, None]  # all-padding queries: 0/0 = NaN, as fair-esm's softmax gives
     o_ptrs = out_ptr + b64 * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + d[None, :]
     tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+    if STORE_LSE:
+        tl.store(lse_ptr + pid_bh.to(tl.int64) * L + offs_m, m_i + tl.log2(l_i), mask=m_ok)
+
+
+@triton.jit
+def _scaled_rotary_halves(x_ptr, rows, row_stride, dh, h_ok, row_ok, cos_ptr, sin_ptr, D, HALF, qk_scale):
+    """The two rotated halves times ``qk_scale``, rounded to the input dtype, as the forward's dots
+    read them (the forward rounds only the queries; keys pass qk_scale = 1)."""
+    r1, r2 = _rotary_halves(x_ptr, rows, row_stride, dh, h_ok, row_ok, cos_ptr, sin_ptr, D, HALF)
+    return (r1 * qk_scale).to(x_ptr.dtype.element_ty), (r2 * qk_scale).to(x_ptr.dtype.element_ty)
+
+
+@triton.jit
+def _bwd_key_tile(k_base, v_base, mask_row, offs_n, n_ok, stride_kl, stride_vl, dh, h_ok, d, d_ok,
+                  cos_ptr, sin_ptr, D, HALF, HAS_MASK: tl.constexpr):  # fmt: skip
+    """What the backward reads of BLOCK_N keys: rotated halves (input dtype), values [BLOCK_N, BLOCK_D]
+    and which keys are real (in range and, with a mask, not padding)."""
+    kc1, kc2 = _scaled_rotary_halves(k_base, offs_n, stride_kl, dh, h_ok, n_ok, cos_ptr, sin_ptr, D, HALF, 1.0)
+    keep = n_ok
+    if HAS_MASK:
+        keep = keep & (tl.load(mask_row + offs_n, mask=n_ok, other=1) == 0)
+    vt = tl.load(v_base + offs_n[:, None] * stride_vl + d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    return kc1, kc2, vt, keep
+
+
+@triton.jit
+def _bwd_query_tile(q_base, do_base, lse_base, delta_base, offs_m, m_ok, stride_ql, stride_gl, dh, h_ok, d, d_ok,
+                    cos_ptr, sin_ptr, D, HALF, qk_scale):  # fmt: skip
+    """What the backward reads of BLOCK_M queries: rotated halves times qk_scale (input dtype, as the
+    forward's), dO [BLOCK_M, BLOCK_D], the saved log2-sum-exp2 and delta = rowsum(dO * O)."""
+    qs1, qs2 = _scaled_rotary_halves(q_base, offs_m, stride_ql, dh, h_ok, m_ok, cos_ptr, sin_ptr, D, HALF, qk_scale)
+    do = tl.load(do_base + offs_m[:, None] * stride_gl + d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    lse = tl.load(lse_base + offs_m, mask=m_ok, other=0.0)
+    delta = tl.load(delta_base + offs_m, mask=m_ok, other=0.0)
+    return qs1, qs2, do, lse, delta
+
+
+@triton.jit
+def _probs_and_dlogits(
+    qs1, qs2, kc1, kc2, vt, do, lse, delta, keep, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr
+):
+    """One [BLOCK_M, BLOCK_N] tile of the backward: the probabilities, recomputed from the saved
+    log2-sum-exp2 exactly as the forward's logits, and dS = P * (dO V^T - delta), the gradient of
+    the (natural-unit) logits. ``keep`` masks invalid queries and keys (probability 0)."""
+    s = dot(qs1, tl.trans(kc1), None, DOT_PRECISION, UPCAST_DOT)
+    s += dot(qs2, tl.trans(kc2), None, DOT_PRECISION, UPCAST_DOT)
+    p = tl.where(keep, tl.exp2(s - lse[:, None]), 0.0)  # [BLOCK_M, BLOCK_N]
+    dp = dot(do, tl.trans(vt), None, DOT_PRECISION, UPCAST_DOT)
+    return p, p * (dp - delta[:, None])
+
+
+@triton.jit
+def _store_unrotated(ptr, rows, row_stride, dh, h_ok, row_ok, cos_ptr, sin_ptr, D, HALF, g1, g2):
+    """Store R^T g: the gradient of the input halves from that of the rotated halves (g1, g2),
+    the transpose of :func:`_rotary_halves` (x1' = g1*cos1 + g2*sin2, x2' = g2*cos2 - g1*sin1)."""
+    ok = row_ok[:, None] & h_ok[None, :]
+    lo = rows[:, None] * row_stride + dh[None, :]
+    tab = rows[:, None] * D + dh[None, :]
+    c1 = tl.load(cos_ptr + tab, mask=ok, other=0.0)
+    s1 = tl.load(sin_ptr + tab, mask=ok, other=0.0)
+    c2 = tl.load(cos_ptr + tab + HALF, mask=ok, other=0.0)
+    s2 = tl.load(sin_ptr + tab + HALF, mask=ok, other=0.0)
+    tl.store(ptr + lo, (g1 * c1 + g2 * s2).to(ptr.dtype.element_ty), mask=ok)
+    tl.store(ptr + lo + HALF, (g2 * c2 - g1 * s1).to(ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _rotary_attention_bwd(
+    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr,
+    stride_qb, stride_ql, stride_qh,
+    stride_kb, stride_kl, stride_kh,
+    stride_vb, stride_vl, stride_vh,
+    stride_mb,
+    stride_gb, stride_gl, stride_gh,
+    L, H, D, qk_scale, scale,
+    HAS_MASK: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+    DQ: tl.constexpr,
+):
+    """FlashAttention-2 backward with the rotary inside, one kernel body for two launches.
+
+    ``DQ=False``: one program = BLOCK_N keys of one (batch, head); query tiles stream past and it
+    accumulates dV = P^T dO and d(rot k) = dS^T (scale * rot q). ``DQ=True``: one program = BLOCK_M
+    queries; key tiles stream past and it accumulates d(rot q) = scale * dS (rot k). P is recomputed
+    from the forward's log2-sum-exp2 (``lse_ptr``), delta = rowsum(dO * O) (``delta_ptr``, both fp32
+    [B, H, L]); the rotated gradients are rotated back (R^T) on the store. dO, dq, dk, dv share the
+    ``stride_g*`` strides.
+    """
+    pid = tl.program_id(0)
+    num_t = tl.cdiv(L, BLOCK_M if DQ else BLOCK_N)
+    pid_t = pid % num_t
+    pid_bh = pid // num_t
+    b = pid_bh // H
+    h = pid_bh % H
+    b64 = b.to(tl.int64)
+    q_base = q_ptr + b64 * stride_qb + h * stride_qh
+    k_base = k_ptr + b64 * stride_kb + h * stride_kh
+    v_base = v_ptr + b64 * stride_vb + h * stride_vh
+    g_off = b64 * stride_gb + h * stride_gh
+    do_base = do_ptr + g_off
+    lse_base = lse_ptr + pid_bh.to(tl.int64) * L
+    delta_base = delta_ptr + pid_bh.to(tl.int64) * L
+    mask_row = mask_ptr + b64 * stride_mb  # (q_ptr, never read, without a mask)
+
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < D
+    half = D // 2
+    dh = tl.arange(0, BLOCK_H)
+    h_ok = dh < half
+    dtype = q_ptr.dtype.element_ty
+
+    if DQ:
+        offs_m = pid_t * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+        m_ok = offs_m < L
+        qs1, qs2, do, lse, delta = _bwd_query_tile(q_base, do_base, lse_base, delta_base, offs_m, m_ok, stride_ql,
+                                                   stride_gl, dh, h_ok, d, d_ok, cos_ptr, sin_ptr, D, half, qk_scale)
+        g1 = tl.zeros([BLOCK_M, BLOCK_H], tl.float32)
+        g2 = tl.zeros([BLOCK_M, BLOCK_H], tl.float32)
+        for start_n in range(0, L, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            kc1, kc2, vt, keep = _bwd_key_tile(k_base, v_base, mask_row, offs_n, offs_n < L, stride_kl, stride_vl,
+                                               dh, h_ok, d, d_ok, cos_ptr, sin_ptr, D, half, HAS_MASK)
+            p, ds = _probs_and_dlogits(qs1, qs2, kc1, kc2, vt, do, lse, delta, m_ok[:, None] & keep[None, :],
+                                       DOT_PRECISION, UPCAST_DOT)
+            g1 = dot(ds.to(dtype), kc1, g1, DOT_PRECISION, UPCAST_DOT)
+            g2 = dot(ds.to(dtype), kc2, g2, DOT_PRECISION, UPCAST_DOT)
+        _store_unrotated(dq_ptr + g_off, offs_m, stride_gl, dh, h_ok, m_ok, cos_ptr, sin_ptr, D, half,
+                         g1 * scale, g2 * scale)
+    else:
+        offs_n = pid_t * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+        n_ok = offs_n < L
+        kc1, kc2, vt, keep = _bwd_key_tile(k_base, v_base, mask_row, offs_n, n_ok, stride_kl, stride_vl,
+                                           dh, h_ok, d, d_ok, cos_ptr, sin_ptr, D, half, HAS_MASK)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        g1 = tl.zeros([BLOCK_N, BLOCK_H], tl.float32)
+        g2 = tl.zeros([BLOCK_N, BLOCK_H], tl.float32)
+        for start_m in range(0, L, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            m_ok = offs_m < L
+            qs1, qs2, do, lse, delta = _bwd_query_tile(q_base, do_base, lse_base, delta_base, offs_m, m_ok,
+                                                       stride_ql, stride_gl, dh, h_ok, d, d_ok, cos_ptr, sin_ptr,
+                                                       D, half, qk_scale)
+            p, ds = _probs_and_dlogits(qs1, qs2, kc1, kc2, vt, do, lse, delta, m_ok[:, None] & keep[None, :],
+                                       DOT_PRECISION, UPCAST_DOT)
+            dv = dot(tl.trans(p.to(dtype)), do, dv, DOT_PRECISION, UPCAST_DOT)
+            dst = tl.trans(ds.to(dtype))  # [BLOCK_N, BLOCK_M]
+            g1 = dot(dst, qs1, g1, DOT_PRECISION, UPCAST_DOT)  # qs carries scale * log2(e)
+            g2 = dot(dst, qs2, g2, DOT_PRECISION, UPCAST_DOT)
+        g_rows = g_off + offs_n[:, None] * stride_gl
+        tl.store(dv_ptr + g_rows + d[None, :], dv.to(dtype), mask=n_ok[:, None] & d_ok[None, :])
+        inv = 1.0 / 1.4426950408889634
+        _store_unrotated(dk_ptr + g_off, offs_n, stride_gl, dh, h_ok, n_ok, cos_ptr, sin_ptr, D, half,
+                         g1 * inv, g2 * inv)
 
 
 def _blocks(D: int) -> dict:
@@ -277,11 +447,118 @@ def _cuda_tiles(D: int, dtype: torch.dtype, arch: int = 90) -> dict:
     return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, **blocks)
 
 
-def _launch_config(D: int, dtype: torch.dtype, device: torch.device) -> dict:
-    """The launch's tiles; the interpreter gets small ones so short test sequences loop over tiles."""
+def _cuda_bwd_tiles(D: int, dtype: torch.dtype, arch: int = 90, dq: bool = False) -> dict:
+    """Tiles of a backward launch on sm_<arch>: ``dq`` (each program holds BLOCK_M queries, key tiles
+    stream past) or dk/dv (each holds BLOCK_N keys, query tiles stream past). The backward keeps
+    q, k, v, dO and two or three accumulators live, so tiles are smaller than the forward's.
+    Chosen from sm_90 and sm_80 AOT compiles (profiling/compile_report.py): the largest tiles
+    without register spills, 64 rows held on sm_90 (its wgmma wants 64-row operands)."""
+    blocks = _blocks(D)
+    if dtype == torch.float32:
+        block = 32 if D <= 32 else 16
+        warps = 8 if D > 64 and not dq else 4
+        return dict(BLOCK_M=block, BLOCK_N=block, num_warps=warps, num_stages=1, **blocks)
+    if arch < 90:
+        if dq and D == 64:  # 32-query tiles at D = 64 spill kilobytes on sm_80
+            return dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=1, **blocks)
+        return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4 if D <= 32 else 8, num_stages=1, **blocks)
+    held, streamed = 64, 32
+    if dq:
+        return dict(BLOCK_M=held, BLOCK_N=streamed, num_warps=4 if D <= 32 else 8, num_stages=1, **blocks)
+    if D > 64:  # no 64-key tile fits without spills (see _aot_listed): sm_80's, on mma.sync
+        return _cuda_bwd_tiles(D, dtype, 80, dq)
+    return dict(BLOCK_M=streamed, BLOCK_N=held, num_warps=4 if D <= 32 else 8, num_stages=1, **blocks)
+
+
+def _aot_listed(kind: str, D: int, dtype: torch.dtype, arch: int) -> bool:
+    """Whether :func:`aot_configs` lists the launch. One is not: dk/dv at D = 128 in half precision.
+    On sm_90 every 64-key tile tried spills (32 x 64 with 4/8/16 warps, 64 x 64, 16 x 64, 16 x 128:
+    224 to 1850 bytes), and the 32-key tile it launches instead compiles without spills but to
+    mma.sync (HMMA), which the compile report rejects on sm_90; the report wants each config on
+    every arch, so sm_80's (clean) is left out too. Known gap, to be tuned on a GPU."""
+    return not (kind == "bwd_dkdv" and dtype != torch.float32 and D > 64)
+
+
+def _launch_config(D: int, dtype: torch.dtype, device: torch.device, backward: str | None = None) -> dict:
+    """The launch's tiles (``backward``: "dkdv" or "dq" for the backward's launches); the interpreter
+    gets small ones so short test sequences loop over tiles."""
     if interpreting():
         return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1, **_blocks(D))
+    if backward:
+        return _cuda_bwd_tiles(D, dtype, cuda_arch(device), dq=backward == "dq")
     return _cuda_tiles(D, dtype, cuda_arch(device))
+
+
+def _rotary_attention_fwd_launch(q, k, v, cos, sin, key_padding_mask, scale, out, lse=None):
+    """Checks, prepares and launches the forward; with ``lse`` ([B, H, L] fp32) it is stored too.
+    Returns (q, k, v, cos, sin, mask, stride_mb, scale, out): what the backward relaunches with."""
+    q, k, v, scale, out = attention_operands("rotary_attention", "[B, L, H, D]", q, k, v, scale, out)
+    B, L, H, D = q.shape
+    cos = cos.to(device=q.device, dtype=torch.float32).contiguous()
+    sin = sin.to(device=q.device, dtype=torch.float32).contiguous()
+    if key_padding_mask is not None:
+        mask = key_padding_mask.to(device=q.device, dtype=torch.bool)
+        mask = mask.contiguous().view(torch.uint8)  # [B, L]
+        stride_mb = mask.stride(0)
+    else:
+        mask, stride_mb = q, 0  # never read: HAS_MASK is False
+    prepared = (q, k, v, cos, sin, mask, stride_mb, scale, out)
+    if B * L * H == 0:
+        return prepared
+    cfg = _launch_config(D, q.dtype, q.device)
+    grid = (triton.cdiv(L, cfg["BLOCK_M"]) * B * H,)
+    _rotary_attention_fwd[grid](
+        q, k, v, cos, sin, mask, out, q if lse is None else lse,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        stride_mb,
+        out.stride(0), out.stride(1), out.stride(2),
+        L, H, D, scale * LOG2E.value,
+        **attention_launch(cfg, key_padding_mask is not None, q.dtype),
+        STORE_LSE=lse is not None,
+    )
+    return prepared
+
+
+class _RotaryAttentionFn(torch.autograd.Function):
+    """:func:`rotary_attention` under autograd: the forward also stores the per-query
+    log2-sum-exp2, the backward is :func:`_rotary_attention_bwd` (fused, FlashAttention-2 style)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cos, sin, key_padding_mask, scale):
+        B, L, H, _ = q.shape
+        lse = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
+        q, k, v, cos, sin, mask, stride_mb, scale, out = _rotary_attention_fwd_launch(
+            q, k, v, cos, sin, key_padding_mask, scale, None, lse
+        )
+        ctx.save_for_backward(q, k, v, cos, sin, mask, out, lse)
+        ctx.stride_mb, ctx.scale, ctx.has_mask = stride_mb, scale, key_padding_mask is not None
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # double backward: a clear error
+    def backward(ctx, dout):
+        q, k, v, cos, sin, mask, out, lse = ctx.saved_tensors
+        B, L, H, D = q.shape
+        do = dout.to(q.dtype).contiguous()  # [B, L, H, D]
+        delta = (do.float() * out.float()).sum(-1).transpose(1, 2).contiguous()  # [B, H, L] fp32
+        dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
+        if B * L * H:
+            for is_dq in (False, True):
+                cfg = _launch_config(D, q.dtype, q.device, backward="dq" if is_dq else "dkdv")
+                block = cfg["BLOCK_M"] if is_dq else cfg["BLOCK_N"]  # the tile each program holds
+                _rotary_attention_bwd[(triton.cdiv(L, block) * B * H,)](
+                    q, k, v, cos, sin, mask, do, lse, delta, dq, dk, dv,
+                    q.stride(0), q.stride(1), q.stride(2),
+                    k.stride(0), k.stride(1), k.stride(2),
+                    v.stride(0), v.stride(1), v.stride(2),
+                    ctx.stride_mb,
+                    do.stride(0), do.stride(1), do.stride(2),
+                    L, H, D, ctx.scale * LOG2E.value, ctx.scale,
+                    **attention_launch(cfg, ctx.has_mask, q.dtype), DQ=is_dq,
+                )  # fmt: skip
+        return dq, dk, dv, None, None, None, None
 
 
 def rotary_attention(q, k, v, cos, sin, key_padding_mask=None, scale=None, out=None):
@@ -293,37 +570,53 @@ def rotary_attention(q, k, v, cos, sin, key_padding_mask=None, scale=None, out=N
         cos, sin: [L, D] rotary tables, rotate-halves layout (fp32; converted if not).
         key_padding_mask: [B, L] bool, True = padding key, or None.
         scale: query scale, default D**-0.5.
-        out: optional [B, L, H, D] buffer of q's dtype (unit stride on D) to write into.
+        out: optional [B, L, H, D] buffer of q's dtype (unit stride on D) to write into; not allowed
+            under autograd.
     Returns:
         [B, L, H, D] in q's dtype.
+
+    Differentiable in q, k, v: with grad enabled and any of them requiring grad, the backward is a
+    fused Triton kernel. cos, sin and the mask are constants (an error if cos/sin require grad).
     """
     require_triton()
     _check_inputs(q, k, v, cos, sin, key_padding_mask)
-    B, L, H, D = q.shape
-    q, k, v, scale, out = attention_operands("rotary_attention", "[B, L, H, D]", q, k, v, scale, out)
-    cos = cos.to(device=q.device, dtype=torch.float32).contiguous()
-    sin = sin.to(device=q.device, dtype=torch.float32).contiguous()
-    if key_padding_mask is not None:
-        mask = key_padding_mask.to(device=q.device, dtype=torch.bool)
-        mask = mask.contiguous().view(torch.uint8)  # [B, L]
-        stride_mb = mask.stride(0)
-    else:
-        mask, stride_mb = q, 0  # never read: HAS_MASK is False
-    if B * L * H == 0:
-        return out
-    cfg = _launch_config(D, q.dtype, q.device)
-    grid = (triton.cdiv(L, cfg["BLOCK_M"]) * B * H,)
-    _rotary_attention_fwd[grid](
-        q, k, v, cos, sin, mask, out,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        stride_mb,
-        out.stride(0), out.stride(1), out.stride(2),
-        L, H, D, scale * LOG2E.value,
-        **attention_launch(cfg, key_padding_mask is not None, q.dtype),
-    )
-    return out
+    if records_grad(q, k, v, cos, sin):
+        if out is not None:
+            raise RuntimeError(
+                "rotary_attention (triton): out= cannot be used with autograd (inputs require grad); "
+                "drop out= or run under torch.no_grad()"
+            )
+        if cos.requires_grad or sin.requires_grad:
+            raise RuntimeError(
+                "rotary_attention (triton): no gradient for the rotary tables cos/sin; pass them "
+                "detached, or use the torch backend"
+            )
+        return _RotaryAttentionFn.apply(q, k, v, cos, sin, key_padding_mask, scale)
+    return _rotary_attention_fwd_launch(q, k, v, cos, sin, key_padding_mask, scale, out)[-1]
+
+
+def _kind_tiles(kind: str, D: int, dtype: torch.dtype, arch: int) -> dict:
+    """The CUDA tiles of one launch kind: "fwd", "fwd_lse" (the forward under autograd), "bwd_dkdv", "bwd_dq"."""
+    if kind.startswith("fwd"):
+        return _cuda_tiles(D, dtype, arch)
+    return _cuda_bwd_tiles(D, dtype, arch, dq=kind == "bwd_dq")
+
+
+def _aot_signature(tname: str, has_mask: bool, pointers: tuple, ints: tuple, floats: tuple) -> dict[str, str]:
+    """An AOT signature: q/k/v-like pointers in the activation dtype, fp32 tables and statistics."""
+    fp32_ptrs = {"cos_ptr", "sin_ptr", "lse_ptr", "delta_ptr"}
+    signature = {p: "*fp32" if p in fp32_ptrs else f"*{tname}" for p in pointers}
+    if has_mask:
+        signature["mask_ptr"] = "*u8"
+    signature.update({a: "i32" for a in ints})
+    signature.update({a: "fp32" for a in floats})
+    return signature
+
+
+_STRIDES = (
+    "stride_qb", "stride_ql", "stride_qh", "stride_kb", "stride_kl", "stride_kh",
+    "stride_vb", "stride_vl", "stride_vh", "stride_mb",
+)  # fmt: skip
 
 
 def aot_configs(arch: int = 90) -> list[AOTConfig]:
@@ -331,30 +624,33 @@ def aot_configs(arch: int = 90) -> list[AOTConfig]:
 
     Head dims of all ESM-2 sizes x fp16 (ESMFold's LM) / bf16 / fp32 x with and without padding
     mask. D is a runtime argument, so head dims with the same tiles (24 and 32: both pad to 32)
-    run one compiled kernel, listed once and named by the dims it serves.
+    run one compiled kernel, listed once and named by the dims it serves. Under autograd the
+    forward also stores the log2-sum-exp2 (``_lse``) and the backward launches twice (``bwd_dkdv``,
+    ``bwd_dq``).
     """
+    fwd_ptrs = ("q_ptr", "k_ptr", "v_ptr", "cos_ptr", "sin_ptr", "mask_ptr", "out_ptr", "lse_ptr")
+    fwd_ints = (*_STRIDES, "stride_ob", "stride_ol", "stride_oh", "L", "H", "D")
+    bwd_ptrs = ("q_ptr", "k_ptr", "v_ptr", "cos_ptr", "sin_ptr", "mask_ptr", "do_ptr", "lse_ptr", "delta_ptr",
+                "dq_ptr", "dk_ptr", "dv_ptr")  # fmt: skip
+    bwd_ints = (*_STRIDES, "stride_gb", "stride_gl", "stride_gh", "L", "H", "D")
     configs = []
     for dtype, tname in TRITON_DTYPES.items():
-        by_tiles: dict[tuple, tuple[dict, list[int]]] = {}
-        for D in _HEAD_DIMS:
-            tiles = _cuda_tiles(D, dtype, arch)
-            by_tiles.setdefault(tuple(sorted(tiles.items())), (tiles, []))[1].append(D)
-        for tiles, dims in by_tiles.values():
-            for has_mask in (False, True):
-                signature = {
-                    "q_ptr": f"*{tname}", "k_ptr": f"*{tname}", "v_ptr": f"*{tname}",
-                    "cos_ptr": "*fp32", "sin_ptr": "*fp32",
-                    "mask_ptr": "*u8" if has_mask else f"*{tname}",
-                    "out_ptr": f"*{tname}",
-                }
-                for arg in (
-                    "stride_qb", "stride_ql", "stride_qh", "stride_kb", "stride_kl", "stride_kh",
-                    "stride_vb", "stride_vl", "stride_vh", "stride_mb",
-                    "stride_ob", "stride_ol", "stride_oh", "L", "H", "D",
-                ):
-                    signature[arg] = "i32"
-                signature["qk_scale"] = "fp32"
-                name = f"rotary_attention_fwd_{tname}_d{'-'.join(map(str, dims))}{'_mask' if has_mask else ''}"
-                launch = attention_launch(tiles, has_mask, dtype, aot=True)
-                configs.append(aot_config(name, _rotary_attention_fwd, signature, launch, uses_dot=True))
+        for kind in ("fwd", "fwd_lse", "bwd_dkdv", "bwd_dq"):
+            by_tiles: dict[tuple, tuple[dict, list[int]]] = {}
+            for D in filter(lambda D: _aot_listed(kind, D, dtype, arch), _HEAD_DIMS):
+                tiles = _kind_tiles(kind, D, dtype, arch)
+                by_tiles.setdefault(tuple(sorted(tiles.items())), (tiles, []))[1].append(D)
+            for tiles, dims in by_tiles.values():
+                for has_mask in (False, True):
+                    launch = attention_launch(tiles, has_mask, dtype, aot=True)
+                    if kind.startswith("fwd"):
+                        fn, launch["STORE_LSE"] = _rotary_attention_fwd, kind == "fwd_lse"
+                        signature = _aot_signature(tname, has_mask, fwd_ptrs, fwd_ints, ("qk_scale",))
+                        if kind == "fwd":  # lse_ptr is q then, never read
+                            signature["lse_ptr"] = f"*{tname}"
+                    else:
+                        fn, launch["DQ"] = _rotary_attention_bwd, kind == "bwd_dq"
+                        signature = _aot_signature(tname, has_mask, bwd_ptrs, bwd_ints, ("qk_scale", "scale"))
+                    name = f"rotary_attention_{kind}_{tname}_d{'-'.join(map(str, dims))}{'_mask' if has_mask else ''}"
+                    configs.append(aot_config(name, fn, signature, launch, uses_dot=True))
     return configs

@@ -20,6 +20,10 @@ adds ``out=``). ``chunk_size``, as in every op over the pair representation, is 
 the pair rows (here rows ``i``) handled per block of work; None chooses. It bounds peak memory, never
 changes the result, and only :func:`triangle_attention_torch` needs it: the reference and the kernel
 (O(L^2) memory whatever the rows) accept and ignore it.
+
+All three are differentiable in q, k, v and bias (never in the mask): the torch path switches to
+out-of-place forms whenever autograd records, and the kernel's backward recomputes the forward through
+the torch path (:func:`recompute_backward`). The kernel's ``out=`` is inference-only.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch.nn.functional as F
 
 from .utils import (
     LOG2E, TRITON_DTYPES, AOTConfig, aot_config, attention_launch, attention_operands, cuda_arch, dot,
-    dot_block, interpreting, require_triton, tl, triton,
+    dot_block, interpreting, recompute_backward, records_grad, require_triton, tl, triton,
 )  # fmt: skip
 
 __all__ = [
@@ -97,7 +101,8 @@ def triangle_attention_torch(q, k, v, bias, mask=None, scale=None, chunk_size=No
     copying; without a mask (or with an all-ones one) the shared bias is only broadcast, otherwise
     it is summed with the rows' key penalties into one reused [chunk, H, J, J] buffer.
     ``chunk_size`` rows ``i`` per call (None: automatic, about 128 MB of scores).
-    Returns [B, I, J, H, D] (contiguous) in q's dtype.
+    Returns [B, I, J, H, D] (contiguous) in q's dtype. When autograd records, the masks are summed out
+    of place (an ``out=`` op cannot be differentiated); under no_grad one buffer is reused.
     """
     _check_inputs(q, k, v, bias, mask)
     B, I, J, H, D = q.shape
@@ -107,8 +112,9 @@ def triangle_attention_torch(q, k, v, bias, mask=None, scale=None, chunk_size=No
     bias = bias.to(q.dtype)
     if mask is not None and bool(mask.all()):
         mask = None  # an all-ones mask adds nothing: skip materialising [chunk, H, J, J] masks (2x faster)
+    grad = records_grad(q, k, v, bias)
     mask_buf = None
-    if mask is not None:
+    if mask is not None and not grad:
         mask_buf = torch.empty((min(chunk, I), H, J, J), dtype=q.dtype, device=q.device)
     # fp16 cannot hold 1e9: use a penalty that still drowns any logit but stays finite after adding bias.
     penalty = min(_MASK_PENALTY, torch.finfo(q.dtype).max / 4)
@@ -121,7 +127,10 @@ def triangle_attention_torch(q, k, v, bias, mask=None, scale=None, chunk_size=No
                 attn_mask = bias_b.expand(i1 - i0, H, J, J)
             else:
                 key_pen = (mask[b, i0:i1].to(q.dtype) - 1) * penalty  # [c, J]
-                attn_mask = torch.add(bias_b, key_pen[:, None, None, :], out=mask_buf[: i1 - i0])  # [c, H, J, J]
+                if grad:
+                    attn_mask = bias_b + key_pen[:, None, None, :]  # [c, H, J, J]
+                else:
+                    attn_mask = torch.add(bias_b, key_pen[:, None, None, :], out=mask_buf[: i1 - i0])
             o = F.scaled_dot_product_attention(
                 qb[i0:i1], kb[i0:i1], vb[i0:i1], attn_mask=attn_mask, scale=scale
             )  # [c, H, J, D]
@@ -249,13 +258,31 @@ def triangle_attention(q, k, v, bias, mask=None, scale=None, chunk_size=None, ou
         mask: [B, I, J] bool or 0/1 float (1 = key may be attended), or None.
         scale: query scale, default D**-0.5.
         chunk_size: accepted and ignored; the kernel needs no chunking (O(L^2) memory).
-        out: optional [B, I, J, H, D] buffer of q's dtype (unit stride on D) to write into.
+        out: optional [B, I, J, H, D] buffer of q's dtype (unit stride on D) to write into;
+            inference only (a RuntimeError when autograd records).
     Returns:
         [B, I, J, H, D] in q's dtype. fp32 inputs use full-precision dots unless
-        ``fastfold_kernels.utils.FP32_DOT_PRECISION`` says otherwise.
+        ``fastfold_kernels.utils.FP32_DOT_PRECISION`` says otherwise. Differentiable in q, k, v and
+        bias: backward recomputes the forward through :func:`triangle_attention_torch`.
     """
     require_triton()
     _check_inputs(q, k, v, bias, mask)
+    if not records_grad(q, k, v, bias):
+        return _triangle_attention_kernel(q, k, v, bias, mask, scale, out)
+    if out is not None:
+        raise RuntimeError(
+            "triangle_attention: out= is inference-only; with autograd recording (an input requires grad) "
+            "call it without out= or under torch.no_grad()"
+        )
+    return recompute_backward(
+        lambda *qkvb: _triangle_attention_kernel(*qkvb, mask, scale),
+        lambda *qkvb: triangle_attention_torch(*qkvb, mask, scale),
+        q, k, v, bias,
+    )  # fmt: skip
+
+
+def _triangle_attention_kernel(q, k, v, bias, mask, scale, out=None):
+    """The forward launch of :func:`triangle_attention` (inputs already checked)."""
     B, I, J, H, D = q.shape
     q, k, v, scale, out = attention_operands("triangle_attention", "[B, I, J, H, D]", q, k, v, scale, out)
     if mask is not None:

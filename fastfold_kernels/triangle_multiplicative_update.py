@@ -17,6 +17,10 @@ Implementations sharing one signature ``(z, mask, w, outgoing=True, eps=1e-5, ch
 (naive PyTorch, the oracle) and :func:`triangle_multiplicative_update_torch` (row-blocked,
 memory-lean PyTorch for the CPU default backend).
 
+All three are differentiable in z and every weight (never in the mask): the torch path switches to
+out-of-place forms whenever autograd records, and the Triton op's backward recomputes the forward
+through the torch path. The torch path's in-place ``add_into_z`` is inference-only.
+
 ``chunk_size``, as in every op over the pair representation, is an upper bound on the pair rows
 handled per block of work; None chooses. It bounds peak memory, never changes the result, and only
 the torch path needs it: the reference and the Triton kernels accept and ignore it. The Triton path
@@ -33,7 +37,7 @@ import torch.nn.functional as F
 from .layer_norm import layer_norm_reference
 from .utils import (
     TRITON_DTYPES, AOTConfig, aot_config, cast_rne, cuda_arch, dot, dot_block, dot_precision, dot_upcast,
-    interpreting, require_triton, tl, triton,
+    interpreting, recompute_backward, records_grad, require_triton, tl, triton,
 )  # fmt: skip
 
 
@@ -123,22 +127,26 @@ def _row_block(L: int, c: int, chunk_size: int | None) -> int:
     return max(1, min(L, rows))
 
 
-def _gated_projection_into(
-    dst: torch.Tensor, zn: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, mask: torch.Tensor | None
+def _gated_projection(
+    zn: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, mask: torch.Tensor | None, out: torch.Tensor | None
 ) -> torch.Tensor:
-    """``dst = mask * sigmoid(zn @ gate_w^T + gate_b) * (zn @ proj_w^T + proj_b)``, channel-major.
+    """``mask * sigmoid(zn @ gate_w^T + gate_b) * (zn @ proj_w^T + proj_b)``, channel-major [c_h, R, L].
 
-    zn [R, L, c_z]; w2 [2 c_h, c_z] = [proj; gate] (b2 likewise); mask [R, L] or None; dst [c_h, R, L].
-    The GEMM writes channel-major so the gating runs on contiguous rows and lands in ``dst`` without a
-    transposing copy.
+    zn [R, L, c_z]; w2 [2 c_h, c_z] = [proj; gate] (b2 likewise); mask [R, L] or None. The GEMM writes
+    channel-major so the gating runs on contiguous rows. With ``out`` [c_h, R, L] (inference) the gating
+    runs in place and lands in ``out`` without a transposing copy; ``out=None`` is the differentiable form.
     """
-    c_h, R, L = dst.shape
+    R, L = zn.shape[:2]
+    c_h = w2.shape[0] // 2
     p = torch.addmm(b2[:, None], w2, zn.reshape(-1, zn.shape[-1]).t()).view(2, c_h, R, L)  # [2, c_h, R, L]
     proj, gate = p[0], p[1]
+    if out is None:
+        gate = torch.sigmoid(gate) if mask is None else torch.sigmoid(gate) * mask
+        return gate * proj
     gate.sigmoid_()
     if mask is not None:
         gate.mul_(mask)  # [R, L] broadcast over channels
-    return torch.mul(gate, proj, out=dst)
+    return torch.mul(gate, proj, out=out)
 
 
 def triangle_multiplicative_update_torch(
@@ -163,9 +171,19 @@ def triangle_multiplicative_update_torch(
     With ``add_into_z`` the result is added into z in place and z is returned: every block of v is read
     before it is written, and f was built before any write, so this equals ``z + update``. Extra memory
     is then f (one pair tensor at c_h == c_z) plus a few row-block temporaries; otherwise a separate
-    update tensor is returned as well. Differentiable only without ``add_into_z``.
+    update tensor is returned as well.
+
+    Differentiable in z and every weight whenever autograd records (the blocks are then computed out
+    of place); ``add_into_z`` is inference-only and raises a RuntimeError then.
     """
     B, L, c_z, c_h = _check_inputs(z, mask, w)
+    grad = records_grad(z, *w)
+    if add_into_z and grad:
+        raise RuntimeError(
+            "triangle_multiplicative_update_torch: add_into_z=True updates z in place and is inference-only; "
+            "with autograd recording (an input requires grad) add the returned update instead "
+            "(z + triangle_multiplicative_update_torch(...)) or run under torch.no_grad()"
+        )
     dt = z.dtype
     wt = TriMulWeights(*(t.to(dt) for t in w))
     # x in fp16 overflows before LN_out; bf16/fp32 have the range.
@@ -192,7 +210,9 @@ def triangle_multiplicative_update_torch(
         zn = F.layer_norm(v[:, r0:r1], (c_z,), ln_w, ln_b, eps)  # [B, R, L, c_z]
         for bi in range(B):
             m = None if mv is None else mv[bi, r0:r1]
-            _gated_projection_into(full[bi, :, r0:r1], zn[bi], w_full, b_full, m)
+            f = _gated_projection(zn[bi], w_full, b_full, m, out=None if grad else full[bi, :, r0:r1])
+            if grad:
+                full[bi, :, r0:r1] = f
     if x_dtype != dt:
         full = full.to(x_dtype)
 
@@ -202,7 +222,7 @@ def triangle_multiplicative_update_torch(
     else:
         out = torch.empty((B, L, L, c_z), dtype=dt, device=z.device)
         dest = out if outgoing else out.transpose(1, 2)
-    row_op = torch.empty((c_h, rows, L), dtype=dt, device=z.device)
+    row_op = None if grad else torch.empty((c_h, rows, L), dtype=dt, device=z.device)
     for r0 in range(0, L, rows):
         r1 = min(L, r0 + rows)
         n = r1 - r0
@@ -210,7 +230,8 @@ def triangle_multiplicative_update_torch(
         gate = F.linear(zn, wt.g_weight, wt.g_bias).sigmoid_()  # [B, R, L, c_z]
         for bi in range(B):
             m = None if mv is None else mv[bi, r0:r1]
-            r = _gated_projection_into(row_op[:, :n], zn[bi], w_row, b_row, m).to(x_dtype)  # [c_h, R, L(k)]
+            r_out = None if grad else row_op[:, :n]
+            r = _gated_projection(zn[bi], w_row, b_row, m, out=r_out).to(x_dtype)  # [c_h, R, L(k)]
             y = torch.bmm(r, full[bi].transpose(1, 2))  # [c_h, R, L(i)]
             yn = F.layer_norm(y.permute(1, 2, 0), (c_h,), ln_out_w, ln_out_b, eps).to(dt)  # [R, L, c_h]
             del y
@@ -562,12 +583,24 @@ def triangle_multiplicative_update(
     fp16, bf16 and fp32 inputs; projections and the triangle product accumulate in fp32.
     ``chunk_size`` (pair rows per block) is accepted and ignored: the kernels' memory does not depend
     on rows. ``hidden_chunk``: hidden channels whose a and b are held at once (None: all of them).
+    Differentiable in z and every weight: backward recomputes the forward through
+    :func:`triangle_multiplicative_update_torch` (with ``chunk_size``).
     """
     require_triton()
+    _check_inputs(z, mask, w)
+    if z.dtype not in TRITON_DTYPES:
+        raise TypeError(f"triangle_multiplicative_update (triton) supports fp16/bf16/fp32, got {z.dtype}")
+    return recompute_backward(
+        lambda z, *w: _trimul_kernels(z, mask, TriMulWeights(*w), outgoing, eps, hidden_chunk),
+        lambda z, *w: triangle_multiplicative_update_torch(z, mask, TriMulWeights(*w), outgoing, eps, chunk_size),
+        z, *w,
+    )  # fmt: skip
+
+
+def _trimul_kernels(z, mask, w, outgoing, eps, hidden_chunk):
+    """The three launches of :func:`triangle_multiplicative_update` (inputs already checked)."""
     B, L, c_z, c_h = _check_inputs(z, mask, w)
     dt = z.dtype
-    if dt not in TRITON_DTYPES:
-        raise TypeError(f"triangle_multiplicative_update (triton) supports fp16/bf16/fp32, got {dt}")
     z = z.contiguous()
     wt = TriMulWeights(*(t.to(dt).contiguous() for t in w))
     out = torch.empty((B, L, L, c_z), dtype=dt, device=z.device)

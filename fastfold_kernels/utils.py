@@ -40,6 +40,8 @@ __all__ = [
     "LOG2E",
     "dot",
     "cast_rne",
+    "records_grad",
+    "recompute_backward",
 ]
 
 TRITON_MISSING = (
@@ -328,3 +330,47 @@ def cast_rne(x, DTYPE: tl.constexpr):
     else:
         y = x.to(DTYPE)
     return y
+
+
+# --------------------------------------------------------------------------------------------
+# Autograd
+# --------------------------------------------------------------------------------------------
+
+
+def records_grad(*tensors) -> bool:
+    """Whether autograd records an op on ``tensors`` (grad enabled and one of them requires grad)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+class _RecomputeBackward(torch.autograd.Function):
+    """Forward: a forward-only kernel. Backward: the same function rebuilt with autograd by a
+    differentiable PyTorch implementation from the saved inputs, and its vector-Jacobian product.
+    Under ``create_graph=True`` the recomputation stays attached to the inputs, so a double backward
+    differentiates it too."""
+
+    @staticmethod
+    def forward(ctx, kernel, math, *tensors):
+        ctx.math = math
+        ctx.save_for_backward(*tensors)
+        return kernel(*tensors)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        needs = ctx.needs_input_grad[2:]
+        create_graph = torch.is_grad_enabled()  # backward(create_graph=True)
+        inputs = ctx.saved_tensors
+        if not create_graph:
+            inputs = [t.detach().requires_grad_(n) for t, n in zip(inputs, needs)]
+        with torch.enable_grad():
+            out = ctx.math(*inputs)
+        wanted = [t for t, n in zip(inputs, needs) if n]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out, allow_unused=True, create_graph=create_graph))
+        return (None, None, *(next(grads) if n else None for n in needs))
+
+
+def recompute_backward(kernel, math, *tensors):
+    """``kernel(*tensors)``, differentiable: when autograd records, backward recomputes
+    ``math(*tensors)`` (same function, differentiable PyTorch) and returns its gradients."""
+    if not records_grad(*tensors):
+        return kernel(*tensors)
+    return _RecomputeBackward.apply(kernel, math, *tensors)

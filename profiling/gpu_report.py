@@ -12,17 +12,25 @@ Sections (each time-capped and guarded: one failing section is recorded, the oth
                      Triton op, ``_torch``, ``_reference``, and trifast / cuequivariance_torch when
                      importable (triangle attention H=4 D=32 bf16 L=256..2048; triangle
                      multiplication c=128 L=256..2048; rotary attention 40 heads x 64 fp16 L=1024;
-                     LayerNorm widths 128/1024/2560).
-4. ``end_to_end``    ESMFold v1 shapes (ESM-2 3B + 48 blocks, random weights, ``num_recycles=None``
-                     i.e. ``max_recycles`` = 4 trunk passes) at L = 128..1024, ours (triton backend)
-                     and transformers' ``EsmForProteinFolding`` with the same config (its LM in fp16,
-                     as the reference runs it). Weights are random and not shared: this is timing only.
-5. ``max_length``    the longest L our model folds (one pass) on this device: doubling, then
+                     LayerNorm widths 128/1024/2560). Every row of ours also has ``max_abs_err`` and
+                     ``max_rel_err`` against the float64 reference on the same inputs (for triangle
+                     attention at large L on a slice of rows, ``rows_checked``). Under ``--cpu-smoke`` the
+                     triton rows run through the interpreter for these figures, untimed.
+4. ``end_to_end``    ESMFold v1 shapes (ESM-2 3B + 48 blocks, ``num_recycles=None`` i.e. ``max_recycles``
+                     = 4 trunk passes) at L = 128..1024, ours (triton backend). The weights are
+                     transformers' ``EsmForProteinFolding`` with every parameter randomised, loaded into
+                     ours (``ESMFold.from_transformers``), so section 7 times the peer on the same weights.
+5. ``backend_agreement``  ``backend="triton"`` against ``backend="torch"`` on that model and one sequence:
+                     ``max_pos_err`` (Angstrom), ``max_plddt_err``, ``ptm_err``, after one trunk pass and
+                     after ``max_recycles`` passes.
+6. ``max_length``    the longest L our model folds (one pass) on this device: doubling, then
                      bisection, under a time cap; trials that would outrun the cap are not started.
-6. ``env``           python/torch/triton/CUDA versions, device name, date.
+7. ``end_to_end_transformers``  transformers' model (LM in fp16, as the reference runs it) at the same
+                     lengths, same weights.
+8. ``env``           python/torch/triton/CUDA versions, device name, date.
 
 Writes ``<out>/gpu_report-<device-slug>-<date>.json`` and prints a summary. Full mode stays under
-10 minutes, ``--quick`` about 2. Timings use ``triton.testing.do_bench`` (median, L2 flushed) on
+8 minutes on one H100, ``--quick`` under 3. Timings use ``triton.testing.do_bench`` (median, L2 flushed) on
 CUDA and the median of wall-clock repeats on CPU.
 """
 
@@ -34,6 +42,7 @@ import datetime as _dt
 import gc
 import json
 import math
+import os
 import platform
 import re
 import subprocess
@@ -48,6 +57,7 @@ import torch
 
 from esmfold_fast.benchmarking.measure import (
     random_sequence,
+    randomize_parameters_,
     rotary_tables,
     synchronize,
     transformers_esmfold,
@@ -92,6 +102,7 @@ class Plan:
     max_len_start: int
     max_len_ceiling: int
     max_len_resolution: int
+    agreement_length: int = 128
     bench_warmup_ms: int = 25
     bench_rep_ms: int = 100
     cpu_repeats: int = 3
@@ -103,8 +114,8 @@ def make_plan(mode: str) -> Plan:
     if mode == "full":
         return Plan(
             mode, "cuda",
-            caps={"kernel_tests": 150, "peaks": 15, "ops": 140, "end_to_end": 100,
-                  "max_length": 50, "end_to_end_transformers": 100},
+            caps={"kernel_tests": 100, "peaks": 10, "ops": 110, "end_to_end": 80, "backend_agreement": 20,
+                  "max_length": 40, "end_to_end_transformers": 70},
             tri_att_lengths=(256, 512, 1024, 2048), tri_att_heads=4, tri_att_dim=32,
             tri_mul_lengths=(256, 512, 1024, 2048), tri_mul_channels=128,
             rot_length=1024, rot_heads=40, rot_dim=64,
@@ -116,7 +127,7 @@ def make_plan(mode: str) -> Plan:
     if mode == "quick":
         return Plan(
             mode, "cuda",
-            caps={"kernel_tests": 35, "peaks": 8, "ops": 30, "end_to_end": 25,
+            caps={"kernel_tests": 32, "peaks": 8, "ops": 30, "end_to_end": 25, "backend_agreement": 10,
                   "max_length": 10, "end_to_end_transformers": 20},
             tri_att_lengths=(256, 512), tri_att_heads=4, tri_att_dim=32,
             tri_mul_lengths=(256, 512), tri_mul_channels=128,
@@ -130,7 +141,7 @@ def make_plan(mode: str) -> Plan:
     if mode == "cpu-smoke":
         return Plan(
             mode, "cpu",
-            caps={"kernel_tests": 30, "peaks": 3, "ops": 15, "end_to_end": 10,
+            caps={"kernel_tests": 30, "peaks": 3, "ops": 30, "end_to_end": 10, "backend_agreement": 60,
                   "max_length": 5, "end_to_end_transformers": 10},
             tri_att_lengths=(8, 12), tri_att_heads=2, tri_att_dim=16,
             tri_mul_lengths=(8, 12), tri_mul_channels=16,
@@ -138,7 +149,7 @@ def make_plan(mode: str) -> Plan:
             ln_shapes=((64, 32, "float32"), (16, 48, "float32")),
             matmul_n=128, copy_bytes=1 << 20,
             e2e_config="tiny", e2e_overrides={}, e2e_lengths=(8, 12),
-            max_len_start=8, max_len_ceiling=16, max_len_resolution=4,
+            max_len_start=8, max_len_ceiling=16, max_len_resolution=4, agreement_length=8,
             cpu_repeats=2,
         )  # fmt: skip
     raise ValueError(f"unknown mode {mode!r}: full, quick or cpu-smoke")
@@ -342,6 +353,24 @@ class OpCase:
     bytes: float
     providers: dict[str, Callable[[], Callable[[], Any]]] = field(default_factory=dict)
     skip: dict[str, str] = field(default_factory=dict)
+    # The float64 reference on the providers' own inputs (every provider draws the same ones) and how to
+    # pick the part of a provider's output it covers (row-separable ops check a slice at large sizes).
+    exact: Callable[[], torch.Tensor] | None = None
+    select: Callable[[torch.Tensor], torch.Tensor] = lambda out: out
+    untimed: set[str] = field(default_factory=set)  # providers run for their errors only (interpreter)
+
+
+# Bytes the float64 reference may use for the error figures of one case.
+def _exact_budget(device: torch.device) -> float:
+    if device.type == "cuda":
+        return 0.4 * torch.cuda.mem_get_info(device)[0]
+    return 256e6
+
+
+def _errors(out: torch.Tensor, exact: torch.Tensor) -> dict[str, float]:
+    """``max_abs_err`` and ``max_rel_err`` (max |out - exact| / max |exact|, as the tests measure)."""
+    diff = (out.double() - exact).abs().max().item()
+    return {"max_abs_err": diff, "max_rel_err": diff / max(exact.abs().max().item(), 1e-30)}
 
 
 def _peer(name: str):
@@ -359,12 +388,17 @@ def _ours(module: str):
 
 def _add_ours(case: OpCase, module: str, fn_name: str, call: Callable[[Callable], Callable[[], Any]],
               device: torch.device) -> None:
-    """Register our three implementations of ``fn_name`` (triton only where it can run)."""
+    """Register our three implementations of ``fn_name``. On the CPU triton runs through the interpreter
+    for its error figures only (untimed), or is skipped where the kernels were not built for it."""
+    from fastfold_kernels.utils import interpreting
+
     mod = _ours(module)
     for provider, suffix in (("triton", ""), ("torch", "_torch"), ("reference", "_reference")):
         if provider == "triton" and device.type != "cuda":
-            case.skip[provider] = "triton runs on CPU only through the interpreter: not timed"
-            continue
+            if not interpreting():
+                case.skip[provider] = "triton on CPU needs TRITON_INTERPRET=1 at import: not run"
+                continue
+            case.untimed.add(provider)
         fn = getattr(mod, fn_name + suffix)
         case.providers[provider] = (lambda f=fn: call(f))
 
@@ -375,12 +409,13 @@ def triangle_attention_case(L: int, H: int, D: int, dtype: torch.dtype, device: 
     flops = 4.0 * B * L * L * L * H * D  # QK^T and PV, 2 FLOPs per multiply-add
     nbytes = 4.0 * B * L * L * H * D * eb + B * H * L * L * eb + B * L * L
     case = OpCase("triangle_attention", {"B": B, "L": L, "H": H, "D": D}, dtype, flops, nbytes)
-    gen = torch.Generator(device=device).manual_seed(L)
+    gen = torch.Generator(device=device)
 
     def inputs():
+        gen.manual_seed(L)
         q, k, v = (torch.randn(B, L, L, H, D, device=device, dtype=dtype, generator=gen) for _ in range(3))
         bias = torch.randn(B, H, L, L, device=device, dtype=dtype, generator=gen)
-        mask = torch.ones(B, L, L, device=device, dtype=torch.bool)
+        mask = torch.rand(B, L, L, device=device, generator=gen) > 0.1  # some keys masked
         return q, k, v, bias, mask
 
     def ours(fn):
@@ -388,6 +423,17 @@ def triangle_attention_case(L: int, H: int, D: int, dtype: torch.dtype, device: 
         return lambda: fn(q, k, v, bias, mask)
 
     _add_ours(case, "triangle_attention", "triangle_attention", ours, device)
+    # Rows are independent: the oracle covers as many as its [rows, H, L, L] float64 scores allow.
+    rows = max(1, min(L, int(_exact_budget(device) // (3 * H * L * L * 8))))
+
+    def exact():
+        from fastfold_kernels.triangle_attention import triangle_attention_reference
+
+        q, k, v, bias, mask = inputs()
+        return triangle_attention_reference(*(t[:, :rows].double() for t in (q, k, v)), bias.double(), mask[:, :rows])
+
+    case.exact, case.select = exact, (lambda out: out[:, :rows])
+    case.shape["rows_checked"] = rows
     # naive logits [B, L, H, L, L] in fp32, plus softmax: skip where they cannot fit
     case.reference_bytes = 2.0 * B * L * H * L * L * 4  # type: ignore[attr-defined]
     if device.type == "cuda":
@@ -427,11 +473,12 @@ def triangle_multiplication_case(L: int, c: int, dtype: torch.dtype, device: tor
     nbytes = B * (2.0 * L * L * c * eb + L * L * eb)
     case = OpCase("triangle_multiplicative_update", {"B": B, "L": L, "c_z": c, "c_hidden": c}, dtype,
                   flops, nbytes)
-    gen = torch.Generator(device=device).manual_seed(L)
+    gen = torch.Generator(device=device)
 
     def inputs():
+        gen.manual_seed(L)
         z = torch.randn(B, L, L, c, device=device, dtype=dtype, generator=gen)
-        mask = torch.ones(B, L, L, device=device, dtype=dtype)
+        mask = (torch.rand(B, L, L, device=device, generator=gen) > 0.1).to(dtype)
         return z, mask, tri_mul_weights(c, c, device, dtype, gen)
 
     def ours(fn):
@@ -439,6 +486,16 @@ def triangle_multiplication_case(L: int, c: int, dtype: torch.dtype, device: tor
         return lambda: fn(z, mask, w, True)
 
     _add_ours(case, "triangle_multiplicative_update", "triangle_multiplicative_update", ours, device)
+    # The product couples every row: the oracle runs whole, about a dozen float64 pair tensors, if they fit.
+    if 12.0 * B * L * L * c * 8 <= _exact_budget(device):
+        def exact():
+            from fastfold_kernels.triangle_multiplicative_update import triangle_multiplicative_update_reference
+
+            z, mask, w = inputs()
+            return triangle_multiplicative_update_reference(z.double(), mask.double(),
+                                                            type(w)(*(t.double() for t in w)), True)
+
+        case.exact = exact
     case.reference_bytes = 8.0 * B * L * L * c * 4  # type: ignore[attr-defined]
     if device.type == "cuda":
         cueq, why = _peer("cuequivariance_torch")
@@ -476,14 +533,26 @@ def rotary_attention_case(L: int, H: int, D: int, dtype: torch.dtype, device: to
     flops = 4.0 * B * H * L * L * D
     nbytes = 4.0 * B * L * H * D * eb + 2.0 * L * D * 4
     case = OpCase("rotary_attention", {"B": B, "L": L, "H": H, "D": D}, dtype, flops, nbytes)
-    gen = torch.Generator(device=device).manual_seed(L)
+    gen = torch.Generator(device=device)
+
+    def inputs():
+        gen.manual_seed(L)
+        q, k, v = (torch.randn(B, L, H, D, device=device, dtype=dtype, generator=gen) for _ in range(3))
+        return q, k, v, *rotary_tables(L, D, device)
 
     def ours(fn):
-        q, k, v = (torch.randn(B, L, H, D, device=device, dtype=dtype, generator=gen) for _ in range(3))
-        cos, sin = rotary_tables(L, D, device)
-        return lambda: fn(q, k, v, cos, sin)
+        args = inputs()
+        return lambda: fn(*args)
 
     _add_ours(case, "rotary_attention", "rotary_attention", ours, device)
+
+    def exact():
+        from fastfold_kernels.rotary_attention import rotary_attention_reference
+
+        q, k, v, cos, sin = inputs()
+        return rotary_attention_reference(q.double(), k.double(), v.double(), cos, sin)
+
+    case.exact = exact
     case.reference_bytes = 3.0 * B * H * L * L * 4  # type: ignore[attr-defined]
     return case
 
@@ -494,15 +563,27 @@ def layer_norm_case(rows: int, width: int, dtype: torch.dtype, device: torch.dev
     flops = 8.0 * rows * width  # nominal: mean, variance, normalise, affine
     nbytes = 2.0 * rows * width * eb + 2.0 * width * eb
     case = OpCase("layer_norm", {"rows": rows, "C": width}, dtype, flops, nbytes)
-    gen = torch.Generator(device=device).manual_seed(width)
+    gen = torch.Generator(device=device)
 
-    def ours(fn):
+    def inputs():
+        gen.manual_seed(width)
         x = 3.0 * torch.randn(rows, width, device=device, generator=gen).to(dtype)
         w = (1.0 + 0.2 * torch.randn(width, device=device, generator=gen)).to(dtype)
         b = (0.2 * torch.randn(width, device=device, generator=gen)).to(dtype)
+        return x, w, b
+
+    def ours(fn):
+        x, w, b = inputs()
         return lambda: fn(x, w, b, 1e-5)
 
     _add_ours(case, "layer_norm", "layer_norm", ours, device)
+
+    def exact():
+        from fastfold_kernels.layer_norm import layer_norm_reference
+
+        return layer_norm_reference(*(t.double() for t in inputs()), 1e-5)
+
+    case.exact = exact
     case.reference_bytes = 4.0 * rows * width * 4  # type: ignore[attr-defined]
     return case
 
@@ -542,8 +623,9 @@ def measure_case(case: OpCase, plan: Plan, device: torch.device, peaks: dict | N
     base = {"op": case.op, "shape": case.shape, "dtype": dtype_name, "flops": case.flops, "bytes": case.bytes}
     for provider, why in case.skip.items():
         rows.append({**base, "provider": provider, "status": "skipped", "reason": why})
+    exact = _exact(case, device)
     for provider, build in case.providers.items():
-        row = {**base, "provider": provider}
+        row = {**base, "provider": provider, "timed": provider not in case.untimed}
         try:
             deadline.require(1.0, f"{case.op} {case.shape} {provider}")
             why = _fits(case, provider, device)
@@ -551,14 +633,22 @@ def measure_case(case: OpCase, plan: Plan, device: torch.device, peaks: dict | N
                 rows.append({**row, "status": "skipped", "reason": why})
                 continue
             fn = build()
-            ms = time_ms(fn, device, plan)
-            tflops = case.flops / (ms * 1e-3) / 1e12
-            gbs = case.bytes / (ms * 1e-3) / 1e9
-            row.update(status="ok", ms=ms, tflops=tflops, gbs=gbs)
-            if peaks:
-                peak = peaks["matmul_tflops"].get(dtype_name)
-                row["frac_matmul_peak"] = tflops / peak if peak else None
-                row["frac_copy_peak"] = gbs / peaks["copy_gbs"] if peaks.get("copy_gbs") else None
+            row["status"] = "ok"
+            if row["timed"]:
+                ms = time_ms(fn, device, plan)
+                tflops = case.flops / (ms * 1e-3) / 1e12
+                gbs = case.bytes / (ms * 1e-3) / 1e9
+                row.update(ms=ms, tflops=tflops, gbs=gbs)
+                if peaks:
+                    peak = peaks["matmul_tflops"].get(dtype_name)
+                    row["frac_matmul_peak"] = tflops / peak if peak else None
+                    row["frac_copy_peak"] = gbs / peaks["copy_gbs"] if peaks.get("copy_gbs") else None
+            else:
+                row["reason"] = "Triton's CPU interpreter: errors only, not timed"
+            if isinstance(exact, torch.Tensor):
+                row.update(_errors(case.select(fn()), exact))
+            else:
+                row["err_skipped"] = exact
         except TimeCap as err:
             row.update(status="time cap", reason=str(err))
         except Exception as err:
@@ -568,6 +658,17 @@ def measure_case(case: OpCase, plan: Plan, device: torch.device, peaks: dict | N
             free_memory(device)
         rows.append(row)
     return rows
+
+
+def _exact(case: OpCase, device: torch.device) -> torch.Tensor | str:
+    """The case's float64 reference output, or why there is none."""
+    if case.exact is None:
+        return "the float64 reference does not fit in memory at this size"
+    try:
+        return case.exact()
+    except Exception as err:
+        free_memory(device)
+        return f"float64 reference failed: {type(err).__name__}: {err}"[:300]
 
 
 def section_ops(plan: Plan, device: torch.device, ctx: dict, deadline: Deadline) -> list[dict[str, Any]]:
@@ -588,10 +689,10 @@ def _add_speedups(rows: list[dict[str, Any]]) -> None:
     """``speedup_vs_<provider>`` on each triton row: the other providers' ms / ours."""
     by_key: dict[str, dict[str, float]] = {}
     for r in rows:
-        if r.get("status") == "ok":
+        if r.get("status") == "ok" and r.get("timed"):
             by_key.setdefault(json.dumps([r["op"], r["shape"], r["dtype"]]), {})[r["provider"]] = r["ms"]
     for r in rows:
-        if r.get("provider") == "triton" and r.get("status") == "ok":
+        if r.get("provider") == "triton" and r.get("status") == "ok" and r.get("timed"):
             for other, ms in by_key[json.dumps([r["op"], r["shape"], r["dtype"]])].items():
                 if other != "triton":
                     r[f"speedup_vs_{other}"] = ms / r["ms"]
@@ -609,11 +710,30 @@ def _e2e_flops(config, L: int, passes: int) -> float | None:
         return None
 
 
+def _backend_for(device: torch.device) -> str:
+    return "triton" if device.type == "cuda" else "torch"
+
+
 def build_ours(plan: Plan, device: torch.device):
     from esmfold_fast import ESMFold
 
-    backend = "triton" if device.type == "cuda" else "torch"
-    return ESMFold.from_config(plan.e2e_config, backend=backend, device=device, **plan.e2e_overrides)
+    return ESMFold.from_config(plan.e2e_config, backend=_backend_for(device), device=device, **plan.e2e_overrides)
+
+
+def build_shared_models(plan: Plan, device: torch.device):
+    """Ours and transformers' ``EsmForProteinFolding`` with the same weights (every parameter randomised;
+    transformers halves its LM, ours takes those fp16 values), or ours alone when transformers is missing.
+    Returns (ours, transformers' model or None, what the weights are)."""
+    try:
+        import transformers  # noqa: F401
+    except Exception as err:
+        return build_ours(plan, device), None, f"ours alone, random (transformers not importable: {err})"
+    from esmfold_fast import ESMFold, named_config
+
+    config = named_config(plan.e2e_config, **plan.e2e_overrides)
+    hf = randomize_parameters_(transformers_esmfold(config, device), seed=0)
+    ours = ESMFold.from_transformers(hf, backend=_backend_for(device), device=device)
+    return ours, hf, "shared: transformers' EsmForProteinFolding, every parameter randomised, loaded into ours"
 
 
 def _fold_call(provider: str, model, seq: str, device: torch.device, num_recycles: int | None):
@@ -664,10 +784,51 @@ def run_end_to_end(provider: str, model, config, plan: Plan, device: torch.devic
 
 
 def section_end_to_end(plan: Plan, device: torch.device, ctx: dict, deadline: Deadline) -> list[dict]:
-    model = build_ours(plan, device)
-    ctx["ours_model"] = model
+    model, hf, weights = build_shared_models(plan, device)
+    if hf is not None:
+        hf.to("cpu")  # off the device while ours runs (the longest-chain search wants all of it)
+    ctx.update(ours_model=model, hf_model=hf)
     rows = run_end_to_end("ours", model, model.config, plan, device, deadline)
+    for row in rows:
+        row["weights"] = weights
     ctx["e2e_rows"] = rows
+    return rows
+
+
+def _agreement(a: dict, b: dict) -> dict[str, float]:
+    """Position (Angstrom, over existing atoms of the last structure-module block), pLDDT and pTM differences."""
+    exists = a["atom14_atom_exists"].bool()
+    pos = (a["positions"][-1] - b["positions"][-1]).norm(dim=-1)[exists]
+    return {"max_pos_err": pos.max().item(), "mean_pos_err": pos.mean().item(),
+            "max_plddt_err": (a["plddt"] - b["plddt"]).abs().max().item(),
+            "ptm_err": (a["ptm"] - b["ptm"]).abs().max().item()}
+
+
+@torch.no_grad()
+def section_backend_agreement(plan: Plan, device: torch.device, ctx: dict, deadline: Deadline) -> list[dict]:
+    """``backend="triton"`` against ``backend="torch"`` on the same model and sequence: one trunk pass (the
+    kernels' own error) and ``max_recycles`` passes (recycling amplifies rounding). On the CPU the Triton
+    kernels run through the interpreter."""
+    from fastfold_kernels.utils import interpreting
+
+    if device.type != "cuda" and not interpreting():
+        return [{"status": "skipped", "reason": "triton on CPU needs TRITON_INTERPRET=1 at import"}]
+    model = ctx.get("ours_model") or build_ours(plan, device)
+    before = model.backend.name
+    seq = random_sequence(plan.agreement_length, 3)
+    rows = []
+    try:
+        for num_recycles in (0, None)[: 1 + (model.trunk.num_passes(None) > 1)]:
+            passes = model.trunk.num_passes(num_recycles)
+            deadline.require(1.0, f"agreement with {passes} passes")
+            outs = {}
+            for backend in ("triton", "torch"):
+                model.set_backend(backend)
+                outs[backend] = model.infer([seq], num_recycles=num_recycles)
+            rows.append({"status": "ok", "L": plan.agreement_length, "passes": passes,
+                         **_agreement(outs["triton"], outs["torch"])})
+    finally:
+        model.set_backend(before)
     return rows
 
 
@@ -736,6 +897,7 @@ def section_end_to_end_transformers(plan: Plan, device: torch.device, ctx: dict,
     config = model.config if model is not None else None
     del model
     free_memory(device)
+    hf, weights = ctx.pop("hf_model", None), "shared with ours (end_to_end)"
     if config is None:
         from esmfold_fast import named_config
 
@@ -744,9 +906,14 @@ def section_end_to_end_transformers(plan: Plan, device: torch.device, ctx: dict,
         import transformers  # noqa: F401
     except Exception as err:
         return [{"provider": "transformers", "status": "skipped", "reason": f"not importable: {err}"}]
-    hf = transformers_esmfold(config, device)  # its __init__ halves the LM (fp16_esm), as the reference
+    if hf is None:  # its __init__ halves the LM (fp16_esm), as the reference
+        hf, weights = transformers_esmfold(config, device), "transformers' own initialisation, not ours"
+    hf.to(device)
     try:
-        return run_end_to_end("transformers", hf, config, plan, device, deadline)
+        rows = run_end_to_end("transformers", hf, config, plan, device, deadline)
+        for row in rows:
+            row["weights"] = weights
+        return rows
     finally:
         del hf
         free_memory(device)
@@ -760,6 +927,7 @@ SECTIONS: tuple[tuple[str, Callable], ...] = (
     ("peaks", section_peaks),
     ("ops", section_ops),
     ("end_to_end", section_end_to_end),
+    ("backend_agreement", section_backend_agreement),
     ("max_length", section_max_length),
     ("end_to_end_transformers", section_end_to_end_transformers),
 )
@@ -824,7 +992,7 @@ def summary(report: dict[str, Any]) -> str:
     ops = report.get("ops") or []
     if ops:
         lines.append(f"{'op':<32}{'shape':<30}{'dtype':<10}{'provider':<16}{'ms':>10}{'TFLOP/s':>9}"
-                     f"{'GB/s':>8}{'%mm':>6}{'%copy':>6}")
+                     f"{'GB/s':>8}{'%mm':>6}{'%copy':>6}{'rel err':>10}")
         for r in ops:
             shape = ",".join(f"{k}={v}" for k, v in (r.get("shape") or {}).items())
             if r.get("status") != "ok":
@@ -832,9 +1000,9 @@ def summary(report: dict[str, Any]) -> str:
                              f"{r.get('provider', '-'):<16}  {r.get('status')}: {str(r.get('reason'))[:60]}")
                 continue
             fm, fc = r.get("frac_matmul_peak"), r.get("frac_copy_peak")
-            lines.append(f"{r['op']:<32}{shape:<30}{r['dtype']:<10}{r['provider']:<16}{r['ms']:>10.3f}"
-                         f"{r['tflops']:>9.2f}{r['gbs']:>8.0f}{_fmt(fm and 100 * fm, '.0f'):>6}"
-                         f"{_fmt(fc and 100 * fc, '.0f'):>6}")
+            lines.append(f"{r['op']:<32}{shape:<30}{r['dtype']:<10}{r['provider']:<16}{_fmt(r.get('ms'), '.3f'):>10}"
+                         f"{_fmt(r.get('tflops')):>9}{_fmt(r.get('gbs'), '.0f'):>8}{_fmt(fm and 100 * fm, '.0f'):>6}"
+                         f"{_fmt(fc and 100 * fc, '.0f'):>6}{_fmt(r.get('max_rel_err'), '.1e'):>10}")
     for key in ("end_to_end", "end_to_end_transformers"):
         for r in report.get(key) or []:
             if r.get("status") == "ok":
@@ -842,6 +1010,10 @@ def summary(report: dict[str, Any]) -> str:
                              f" peak {_fmt(r.get('peak_memory_gb'))} GB  {_fmt(r.get('tflops'))} TFLOP/s")
             else:
                 lines.append(f"e2e {r.get('provider')} L={r.get('L')}: {r.get('status')} {r.get('reason', '')}")
+    for r in report.get("backend_agreement") or []:
+        if r.get("status") == "ok":
+            lines.append(f"triton vs torch, L={r['L']}, {r['passes']} pass(es): positions {r['max_pos_err']:.2e} A max, "
+                         f"pLDDT {r['max_plddt_err']:.2e}, pTM {r['ptm_err']:.2e}")
     ml = report.get("max_length")
     if ml:
         lines.append(f"longest chain (one pass): {ml['longest_ok']} (first failure {ml['first_failure']}, "
@@ -871,6 +1043,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("gpu_report: no CUDA device; run with --cpu-smoke to check the plumbing", file=sys.stderr)
         return 2
     device = torch.device(plan.device)
+    if plan.device == "cpu":  # the triton rows run through the interpreter (read when the kernels are imported)
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     if str(ROOT) not in sys.path:  # esmfold_fast/fastfold_kernels from this checkout
         sys.path.insert(0, str(ROOT))
     start = time.perf_counter()

@@ -6,6 +6,7 @@ written with ``save_pretrained``: the official directory layout, nothing downloa
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -341,6 +342,102 @@ def test_fold_failure_of_one_record_keeps_the_others(tiny_model, tmp_path, capsy
     assert errors[0].startswith(prefix) and "--chunk-size" in errors[0]
     assert errors[1] == f"{ERROR_PREFIX}{fasta}: record 2 'second': folding failed: non-finite score nan"
     assert sorted(p.name for p in outdir.iterdir()) == ["third.cif", "third.pdb", "third.scores.json"]
+
+
+def test_triton_errors_fail_only_their_record(tiny_model, tmp_path, capsys, monkeypatch):
+    """Triton's exceptions are not RuntimeError: each fails its own record (one line, a hint), exit 1."""
+    import ast
+
+    triton_errors = pytest.importorskip("triton.runtime.errors")
+    compiler_errors = pytest.importorskip("triton.compiler.errors")
+    from esmfold_fast.esmfold import ESMFold
+
+    src = "def kernel(x):\n    tl.bogus(x)\n"
+    raised = {
+        CHAIN_A: triton_errors.OutOfResources(232448, 101376, "shared memory"),
+        CHAIN_B: compiler_errors.CompilationError(src, ast.parse(src).body[0].body[0], "bogus is not defined"),
+        "ACDEFG": KeyError("a bug"),
+    }
+    real_infer = ESMFold.infer
+
+    def failing_infer(self, sequences, *args, **kwargs):
+        if sequences[0] in raised:
+            raise raised[sequences[0]]
+        return real_infer(self, sequences, *args, **kwargs)
+
+    monkeypatch.setattr(ESMFold, "infer", failing_infer)
+    fasta = write(tmp_path / "in.fa", f">oor\n{CHAIN_A}\n>compile\n{CHAIN_B}\n>good\n{MONOMER}\n")
+    outdir = tmp_path / "out"
+    code, err = run_cli(capsys, "fold", fasta, "-o", outdir, "--model", tiny_model)
+    assert code == 1
+    errors = error_lines(err)
+    assert errors == [
+        f"{ERROR_PREFIX}{fasta}: record 1 'oor': folding failed: Triton kernel out of resources (out of resource: "
+        "shared memory, Required: 232448, Hardware limit: 101376); try a smaller --chunk-size, another --dtype "
+        "or --backend torch",
+        f"{ERROR_PREFIX}{fasta}: record 2 'compile': folding failed: Triton kernel failed to compile "
+        "(CompilationError: bogus is not defined); try --backend torch",
+    ], err
+    assert "folded 1 of 3 records" in err and "2 failed" in err
+    assert sorted(p.name for p in outdir.iterdir()) == ["good.pdb", "good.scores.json"]
+
+    # Any other exception is a bug: it still stops the run as an internal error (exit 2).
+    fasta = write(tmp_path / "bug.fa", f">bug\nACDEFG\n>good\n{MONOMER}\n")
+    code, err = run_cli(capsys, "fold", fasta, "-o", tmp_path / "out2", "--model", tiny_model)
+    assert code == 2
+    assert error_lines(err) == [f"{ERROR_PREFIX}internal error (KeyError: 'a bug'); rerun with --traceback for details"]
+
+
+def test_triton_errors_are_looked_up_only_with_triton(monkeypatch):
+    import fastfold_kernels
+
+    from esmfold_fast import cli
+
+    monkeypatch.setattr(fastfold_kernels, "HAVE_TRITON", False)
+    assert cli._triton_errors() == ()
+    if importlib.util.find_spec("triton") is not None:
+        monkeypatch.setattr(fastfold_kernels, "HAVE_TRITON", True)
+        import triton.errors
+
+        assert triton.errors.TritonError in cli._triton_errors()
+
+
+def test_lean_outputs_drop_only_pair_outputs_and_cli_files_are_unchanged(tiny_model, tmp_path, capsys, monkeypatch):
+    """``return_pair_outputs=False`` drops exactly the [B, L, L, C] outputs, keeps the rest bit for bit, and
+    the CLI (which uses it) writes what the full output dict gives."""
+    from esmfold_fast.esmfold import PAIR_OUTPUT_KEYS, ESMFold
+    from esmfold_fast.output import output_to_mmcif, output_to_pdbs, scores_json
+
+    model = ESMFold.from_pretrained(tiny_model)
+    sequence = f"{CHAIN_A}:{CHAIN_B}"
+    with torch.inference_mode():
+        full = model.infer([sequence], num_recycles=1)
+        lean = model.infer([sequence], num_recycles=1, return_pair_outputs=False)
+    assert set(PAIR_OUTPUT_KEYS) <= set(full)
+    assert set(full) - set(lean) == set(PAIR_OUTPUT_KEYS) and set(lean) <= set(full)
+    assert list(lean) == [k for k in full if k in lean]  # same order
+    for key, value in lean.items():
+        assert value.dtype == full[key].dtype and torch.equal(value, full[key]), key
+
+    calls = []
+    real_infer = ESMFold.infer
+
+    def spy(self, sequences, *args, **kwargs):
+        calls.append(kwargs.get("return_pair_outputs", True))
+        return real_infer(self, sequences, *args, **kwargs)
+
+    monkeypatch.setattr(ESMFold, "infer", spy)
+    fasta = write(tmp_path / "in.fa", f">cplx\n{sequence}\n")
+    code, err = run_cli(capsys, "fold", fasta, "-o", tmp_path / "out", "--model", tiny_model,
+                        "--num-recycles", "1", "--format", "both")
+    assert code == 0, err
+    assert calls == [False]
+    expected = {
+        "cplx.pdb": output_to_pdbs(full)[0],
+        "cplx.cif": output_to_mmcif(full, name="cplx")[0],
+        "cplx.scores.json": scores_json(full, 0, id="cplx", header="cplx"),
+    }
+    assert {p.name: p.read_text() for p in (tmp_path / "out").iterdir()} == expected
 
 
 def test_bench_is_forwarded(monkeypatch, capsys):

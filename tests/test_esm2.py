@@ -205,6 +205,8 @@ def test_from_pretrained_half_dtypes_keep_fp32_rotary(tmp_path):
         assert model.embed_tokens.weight.dtype == dtype and model.lm_head.weight is model.embed_tokens.weight
         inv = model.layers[1].self_attn.rot_emb.inv_freq
         assert inv.dtype == torch.float32 and torch.equal(inv, stored)
+        assert not model.fair_esm_half_rotary  # a standalone ESM-2 keeps fp32 tables (tests/test_fp16_rotary.py)
+    assert ESM2.from_pretrained(path, fair_esm_half_rotary=True).fair_esm_half_rotary
 
 
 def test_fused_qkv_tracks_weight_updates_conversions_and_grad():

@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from fastfold_kernels import AOTConfig
-from fastfold_kernels.layer_norm import _block_shape, aot_configs, layer_norm, layer_norm_reference, layer_norm_torch
+from fastfold_kernels.layer_norm import (
+    _block_shape,
+    _bwd_block_shape,
+    _layer_norm_bwd_kernel,
+    _layer_norm_fwd_kernel,
+    aot_configs,
+    layer_norm,
+    layer_norm_reference,
+    layer_norm_torch,
+)
 from _util import on_device
 
 layer_norm = on_device(layer_norm)
@@ -144,13 +153,143 @@ def test_layer_norm_aot_configs():
     assert len(names) == len(configs)
     served = set()
     for c in configs:
-        assert set(c.signature) | set(c.constexprs) >= {"X", "W", "Y", "C", "eps", "BLOCK_C"}
+        bwd = c.name.startswith("layer_norm_bwd_")
+        assert c.fn is (_layer_norm_bwd_kernel if bwd else _layer_norm_fwd_kernel), c.name
+        required = {"X", "DY", "DX", "DW", "Mean", "Rstd", "C"} if bwd else {"X", "W", "Y", "C", "eps"}
+        assert set(c.signature) | set(c.constexprs) >= required | {"BLOCK_C"}, c.name
+        shape = _bwd_block_shape if bwd else _block_shape
         widths = [int(w) for w in c.name.split("_C")[1].split("_")[0].split("-")]
         for width in widths:  # each width named is launched with exactly this config's tiles
-            assert _block_shape(width) == (c.constexprs["BLOCK_R"], c.constexprs["BLOCK_C"], c.num_warps)
-            served.add((width, c.signature["X"], c.constexprs["HAS_RES"]))
-    # ESM-2 widths, trunk c_s and c_z, every dtype, with and without the residual
+            assert shape(width) == (c.constexprs["BLOCK_R"], c.constexprs["BLOCK_C"], c.num_warps)
+            variant = c.constexprs["HAS_DS"] if bwd else c.constexprs["HAS_RES"]
+            served.add((bwd, width, c.signature["X"], variant))
+    # ESM-2 widths, trunk c_s and c_z, every dtype, with and without the residual, forward and backward
     for width in (128, 320, 480, 640, 1024, 1280, 2560, 5120):
         for ptr in ("*fp32", "*fp16", "*bf16"):
-            assert {(width, ptr, False), (width, ptr, True)} <= served, (width, ptr)
+            for bwd in (False, True):
+                assert {(bwd, width, ptr, False), (bwd, width, ptr, True)} <= served, (bwd, width, ptr)
     assert {"layer_norm_C128_fp32", "layer_norm_C2560_fp16_res", "layer_norm_C640-1024_bf16"} <= names
+    assert {"layer_norm_bwd_C128_fp32", "layer_norm_bwd_C5120_bf16_ds"} <= names
+
+
+# --------------------------------------------------------------------------------------------------
+# Gradients
+# --------------------------------------------------------------------------------------------------
+def _leaves(tensors, dtype=None):
+    """Fresh leaves requiring grad (None stays None), optionally cast."""
+    return [None if t is None else t.detach().to(dtype or t.dtype).requires_grad_() for t in tensors]
+
+
+def _grads(fn, inputs, upstream, eps=1e-5):
+    """Gradients of sum(out * upstream) (both outputs with a residual) for every non-None input."""
+    x, weight, bias, residual = inputs
+    out = fn(x, weight, bias, eps, residual=residual)
+    outs = out if isinstance(out, tuple) else (out,)
+    assert all(o.grad_fn is not None for o in outs)
+    loss = sum((o.double() * g).sum() for o, g in zip(outs, upstream))
+    return torch.autograd.grad(loss, [t for t in inputs if t is not None])
+
+
+@pytest.mark.parametrize("impl", ["reference", "torch"])
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_layer_norm_gradcheck_fp64(impl, with_bias, with_residual):
+    fn = {"reference": layer_norm_reference, "torch": layer_norm_torch}[impl]
+    gen = torch.Generator().manual_seed(13)
+    x = _inputs((3, 5, 7), torch.float64, gen)
+    weight, bias = _params(7, torch.float64, gen, with_bias)
+    residual = _inputs((3, 5, 7), torch.float64, gen) if with_residual else None
+    inputs = _leaves((x, weight, bias, residual))
+    present = [t for t in inputs if t is not None]
+
+    def f(*args):  # the present inputs back in their places
+        it = iter(args)
+        x, weight, bias, residual = (None if t is None else next(it) for t in inputs)
+        return fn(x, weight, bias, 1e-5, residual=residual)
+
+    assert torch.autograd.gradcheck(f, present)
+
+
+def _check_grads(got, exact, same_dtype, names):
+    """Every gradient within 3x the same-dtype reference's error (vs float64) plus two ulps of its max."""
+    for name, g, g64, g_ref in zip(names, got, exact, same_dtype):
+        assert g.shape == g64.shape and torch.isfinite(g).all(), name
+        assert g64.abs().max() > 0, name  # a comparison that could fail
+        err = (g.double() - g64).abs().max().item()
+        ref_err = (g_ref.double() - g64).abs().max().item()
+        atol = 2 * torch.finfo(g.dtype).eps * g64.abs().max().item()
+        assert err <= 3 * ref_err + atol, f"{name}: err {err:.3e} vs reference err {ref_err:.3e} (atol {atol:.1e})"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "C, rows, with_residual", [(37, 17, True), (128, 37, False), (320, 17, True), (320, 37, False)]
+)
+def test_layer_norm_triton_gradients(dtype, C, rows, with_residual, poisoned_empty):
+    gen = torch.Generator().manual_seed(C * rows)
+    x = _inputs((rows, C), dtype, gen)
+    weight, bias = _params(C, dtype, gen)
+    residual = _inputs((rows, C), dtype, gen) if with_residual else None
+    upstream = [3.0 * torch.randn(rows, C, generator=gen, dtype=torch.float64) for _ in range(2)]
+    raw = (x, weight, bias, residual)
+    got = _grads(layer_norm, _leaves(raw), upstream)
+    exact = _grads(layer_norm_reference, _leaves(raw, torch.float64), upstream)
+    same_dtype = _grads(layer_norm_reference, _leaves(raw), upstream)
+    assert all(g.dtype == dtype for g in got)
+    _check_grads(got, exact, same_dtype, ["x", "weight", "bias", "residual"][: len(got)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_layer_norm_triton_gradients_strided_no_bias(dtype, poisoned_empty):
+    """A strided x (rows 200 apart), no bias, and more row blocks than backward programs."""
+    gen = torch.Generator().manual_seed(29)
+    base = _inputs((3, 37, 200), dtype, gen).requires_grad_()
+    x = base[:, :, 7:135]  # a strided view: gradients flow through it into base
+    weight, _ = _params(128, dtype, gen)
+    upstream = [3.0 * torch.randn(x.shape, generator=gen, dtype=torch.float64)]
+    got = _grads(layer_norm, [x, *_leaves((weight,)), None, None], upstream)
+    exact = _grads(layer_norm_reference, [*_leaves((x, weight), torch.float64), None, None], upstream)
+    same_dtype = _grads(layer_norm_reference, [*_leaves((x, weight)), None, None], upstream)
+    _check_grads(got, exact, same_dtype, ["x", "weight"])
+
+
+def test_layer_norm_triton_gradient_of_the_sum_only():
+    """With a residual, a loss on s alone: x and residual get exactly ds, weight and bias zero."""
+    gen = torch.Generator().manual_seed(31)
+    x, residual = _leaves((_inputs((17, 37), torch.float32, gen), _inputs((17, 37), torch.float32, gen)))
+    weight, bias = _leaves(_params(37, torch.float32, gen))
+    _, s = layer_norm(x, weight, bias, residual=residual)
+    ds = torch.randn(17, 37, generator=gen)
+    s.backward(ds)
+    assert torch.equal(x.grad, ds) and torch.equal(residual.grad, ds)
+    assert torch.equal(weight.grad, torch.zeros(37)) and torch.equal(bias.grad, torch.zeros(37))
+
+
+def test_layer_norm_no_grad_forward_is_unchanged():
+    """The autograd forward (which also stores mean/rstd) gives the no-grad forward's bits."""
+    gen = torch.Generator().manual_seed(37)
+    x = _inputs((17, 320), torch.bfloat16, gen)
+    weight, bias = _params(320, torch.bfloat16, gen)
+    with torch.no_grad():
+        expected = layer_norm(x, weight, bias)
+    got = layer_norm(*_leaves((x, weight, bias)))
+    assert got.requires_grad and torch.equal(got.detach(), expected)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_layer_norm_residual_is_x(impl):
+    """``residual=x`` (the same tensor) is still a residual: s = 2x."""
+    gen = torch.Generator().manual_seed(41)
+    x = _inputs((17, 37), torch.float32, gen)
+    weight, bias = _params(37, torch.float32, gen)
+    y, s = IMPLS[impl](x, weight, bias, residual=x)
+    assert torch.equal(s, x + x)
+    _assert_close(y, _ref64(x + x, weight, bias), layer_norm_reference(x + x, weight, bias), torch.float32)
+
+
+def test_layer_norm_triton_double_backward_is_a_clear_error():
+    gen = torch.Generator().manual_seed(43)
+    x, weight, bias = _leaves((_inputs((5, 16), torch.float32, gen), *_params(16, torch.float32, gen)))
+    (g,) = torch.autograd.grad((layer_norm(x, weight, bias) ** 2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.sum().backward()

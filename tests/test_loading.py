@@ -251,3 +251,24 @@ def test_loading_builds_on_meta_without_torchs_python_decompositions(saved):
     # buffers refilled after materialising: the same fold as the in-process model's
     expected = saved[1].infer(SEQS[0], num_recycles=0)["positions"]
     assert torch.equal(torch.load(out, weights_only=True), expected)
+
+
+def test_an_lm_that_runs_in_fp16_on_cuda_is_built_in_fp16(monkeypatch):
+    """The dtype plan of a CUDA load, checked on the meta device: the 3B LM is never held in fp32 on the GPU."""
+    from esmfold_fast.checkpoints import esmfold as loader
+    from esmfold_fast.checkpoints import files
+    from esmfold_fast.config import named_config
+
+    def meta_only(make, device, dtype, before_materialize=None):
+        with files.default_dtype(dtype or torch.float32), torch.device("meta"):
+            model = make()
+        before_materialize(model)
+        return model
+
+    monkeypatch.setattr(loader, "build_empty", meta_only)
+    plan = {dev: loader._empty_esmfold(ESMFold, named_config("tiny"), dev, torch.float32) for dev in ("cuda", "cpu")}
+    assert {p.dtype for p in plan["cuda"].esm.parameters()} == {torch.float16}
+    assert {p.dtype for p in plan["cpu"].esm.parameters()} == {torch.float32}
+    for model in plan.values():  # the folding head stays float32 either way
+        assert model.trunk.blocks[0].tri_mul_out.linear_z.weight.dtype == torch.float32
+        assert model.esm.layers[0].self_attn.rot_emb.inv_freq.dtype == torch.float32

@@ -51,15 +51,18 @@ def random_sequence(length: int, seed: int = 0) -> str:
 @torch.no_grad()
 def randomize_parameters_(module: nn.Module, seed: int = 0) -> nn.Module:
     """Fresh random values for EVERY parameter (fan-in scaled matrices, LayerNorm gains near 1,
-    small vectors elsewhere) so zero-initialised output and gating layers do real work."""
-    gen = torch.Generator().manual_seed(seed)
+    small vectors elsewhere) so zero-initialised output and gating layers do real work. Drawn on the
+    parameters' device (a multi-GB model on a GPU is not drawn on the CPU)."""
+    gens: dict[torch.device, torch.Generator] = {}
     for name, p in module.named_parameters():
+        gen = gens.setdefault(p.device, torch.Generator(device=p.device).manual_seed(seed))
+        draw = lambda: torch.randn(p.shape, generator=gen, dtype=torch.float32, device=p.device)  # noqa: E731
         if p.dim() >= 2:
-            val = torch.randn(p.shape, generator=gen, dtype=torch.float32) / math.sqrt(p.shape[-1])
+            val = draw() / math.sqrt(p.shape[-1])
         elif name.endswith("weight") and "norm" in name.lower():
-            val = 1.0 + 0.1 * torch.randn(p.shape, generator=gen, dtype=torch.float32)
+            val = 1.0 + 0.1 * draw()
         else:
-            val = 0.1 * torch.randn(p.shape, generator=gen, dtype=torch.float32)
+            val = 0.1 * draw()
         p.copy_(val.to(p.dtype))
     return module
 

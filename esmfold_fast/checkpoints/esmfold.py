@@ -60,8 +60,16 @@ def load_esmfold(
 
 
 def _empty_esmfold(cls, config: ESMFoldConfig, device, dtype) -> "ESMFold":
-    # float32 islands before the storage exists, so they get the checkpoint's full precision
-    return build_empty(lambda: cls(config), device, dtype, before_materialize=lambda m: m.keep_float32_islands())
+    device = torch.device(device) if device is not None else torch.device("cpu")
+
+    def final_dtypes(model: "ESMFold") -> None:
+        # before the storage exists: float32 islands get the checkpoint's full precision, and an LM that will
+        # run in fp16 is never held in float32 on the device
+        model.keep_float32_islands()
+        if model.lm_in_fp16(device):
+            model.esm.half()
+
+    return build_empty(lambda: cls(config), device, dtype, before_materialize=final_dtypes)
 
 
 def _folding_part(model: "ESMFold") -> nn.Module:
@@ -97,14 +105,28 @@ def esmfold_config_from_transformers(config: Mapping[str, Any], source: str) -> 
         raise CheckpointError(f"{source}: cannot read the ESMFold config ({err})") from err
 
 
-def _load_transformers_dir(cls, directory: Path, device, dtype) -> "ESMFold":
-    raw_config, state, source = transformers_directory(directory)
-    config = esmfold_config_from_transformers(raw_config, str(directory / "config.json"))
+def esmfold_from_transformers(
+    cls: type["ESMFold"],
+    raw_config: Mapping[str, Any],
+    state: Mapping[str, torch.Tensor],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    sources: tuple[str, str] = ("config", "state dict"),
+) -> "ESMFold":
+    """Build ``cls`` from transformers' ``EsmForProteinFolding`` config dict and state dict: ``config.json``
+    and the weights of a ``save_pretrained`` directory, or ``model.config.to_dict()`` and ``model.state_dict()``
+    of a model in memory. ``sources`` name the two in errors."""
+    config = esmfold_config_from_transformers(raw_config, sources[0])
     lm_sd, rest = _split_lm(state)
     model = _empty_esmfold(cls, config, device, dtype)
-    load_esm2_state_dict(model.esm, esm2_state_dict_from_transformers(lm_sd, lm_head=False), source)
-    load_into(_folding_part(model), rest, source)
+    load_esm2_state_dict(model.esm, esm2_state_dict_from_transformers(lm_sd, lm_head=False), sources[1])
+    load_into(_folding_part(model), rest, sources[1])
     return model
+
+
+def _load_transformers_dir(cls, directory: Path, device, dtype) -> "ESMFold":
+    raw_config, state, weights = transformers_directory(directory)
+    return esmfold_from_transformers(cls, raw_config, state, device, dtype, (str(directory / "config.json"), weights))
 
 
 # ----------------------------------------------------------------------------------------------
