@@ -94,8 +94,12 @@ def _block_shape(C: int) -> tuple[int, int, int]:
 def _bwd_block_shape(C: int) -> tuple[int, int, int]:
     """(BLOCK_R, BLOCK_C, num_warps) of the backward: the forward's tile, twice the warps (it holds
     x, dy and dx live where the forward holds x and y), at most 8: 16 warps cap a thread at 128
-    registers, and the 8192-column tile (C = 5120) spills there."""
+    registers, and the 8192-column tile (C = 5120) spills there. The 1024- and 2048-column tiles
+    (C = 640..1280) take half the forward's rows on 4 warps: with the forward's tile on 8 warps,
+    ptxas under triton 3.6 spilled the residual-gradient variants (8-32 B)."""
     block_r, block_c, num_warps = _block_shape(C)
+    if block_c in (1024, 2048):
+        return max(1, block_r // 2), block_c, 4
     return block_r, block_c, min(8, 2 * num_warps)
 
 
