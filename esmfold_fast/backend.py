@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .memory import TRUNK_CHUNK_ELEMENTS, ChunkPlan, fused_chunk_elements
+
 BACKENDS = ("reference", "torch", "triton")
 
 
@@ -30,6 +32,21 @@ class Backend:
     rotary_attention: Callable
     triangle_attention: Callable
     triangle_multiplicative_update: Callable
+
+    @property
+    def fused(self) -> bool:
+        """Whether the hot paths are fused kernels that never materialise attention scores."""
+        return self.name == "triton"
+
+    def chunk_plan(
+        self, like: torch.Tensor, chunk_size: int | None = None, free_bytes: int | None = None
+    ) -> ChunkPlan:
+        """The row-chunk plan of one trunk pass over pair tensors like ``like`` (device, dtype); see
+        :mod:`esmfold_fast.memory`. The fused path sizes chunks from ``free_bytes`` (default: free now)."""
+        if self.fused:
+            budget = fused_chunk_elements(like.device, like.dtype, free_bytes)
+            return ChunkPlan(budget, chunk_size, scores_materialised=False)
+        return ChunkPlan(TRUNK_CHUNK_ELEMENTS, chunk_size)
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r})"
@@ -93,3 +110,26 @@ def set_backend(model: nn.Module, name: str | Backend, device: torch.device | st
             module.ops = backend
     model.backend = backend  # plain attribute: the model reports what it runs
     return backend
+
+
+def conversion_target(fn, like: torch.Tensor) -> tuple[torch.device, torch.dtype | None]:
+    """Where an ``nn.Module._apply`` conversion (``.to``, ``.cuda``, ``.half``, ``to_empty`` ...) sends the
+    floating point tensors of a model whose weights are like ``like``: (device, dtype), dtype None when
+    it keeps each tensor's own. Read off two empty probes (float32 and float16), so a move torch cannot
+    make (``.cuda()`` without CUDA) raises torch's own error here, before any weight has moved."""
+    probes = [fn(torch.empty(0, dtype=dtype, device=like.device)) for dtype in (torch.float32, torch.float16)]
+    dtype = probes[0].dtype if probes[0].dtype == probes[1].dtype else None
+    if dtype is not None and not dtype.is_floating_point:
+        raise TypeError(f"cannot convert the model to {dtype}: its weights are floating point (use a float dtype)")
+    return probes[0].device, dtype
+
+
+def backend_for_move(choice: str, device: torch.device) -> Backend:
+    """The backend ``choice`` (``auto`` resolves per device) validated for ``device`` before a model moves
+    there; one that cannot run there raises, and the model stays where it was."""
+    try:
+        return get_backend(choice, device)
+    except RuntimeError as err:
+        raise RuntimeError(
+            f"{err} (the model was not moved to {device}; call set_backend('auto') or set_backend('torch') first)"
+        ) from err

@@ -99,7 +99,8 @@ class TrunkConfig:
     layer_drop: float = 0.0
     cpu_grad_checkpoint: bool = False
     max_recycles: int = 4
-    chunk_size: int | None = 128
+    # Most pair rows per chunk (esmfold_fast.memory); None (fair-esm's default): planned from the memory budget.
+    chunk_size: int | None = None
     structure_module: StructureModuleConfig = field(default_factory=StructureModuleConfig)
 
     def validate(self) -> None:

@@ -24,8 +24,9 @@ from torch import nn
 
 from fastfold_kernels.rotary_attention import rotary_attention_reference
 
+from . import backend as _backend
 from .alphabet import Alphabet, as_alphabet
-from .backend import BackendModule, set_backend
+from .backend import BackendModule, backend_for_move, conversion_target
 from .config import ESM2Config
 
 # ESM-2 was trained masking 15% of tokens, 80% of those with <mask> (fair-esm ``mask_ratio_train``).
@@ -300,6 +301,12 @@ class ESM2(BackendModule):
     leaves the contact regression out. Without them ``logits`` / ``contacts`` are not produced.
     ``fair_esm_half_rotary=True`` makes the rotary tables as fair-esm does in a ``.half()`` model
     whenever the model runs in fp16/bf16 (see :class:`RotaryEmbedding`; off by default: fp32 tables).
+
+    ``.to()``, ``.cuda()``, ``.half()``, ``.bfloat16()``, ``.float()`` convert every weight as for any module
+    (the rotary ``inv_freq`` stays float32, see :class:`RotaryEmbedding`); a backend chosen with
+    :meth:`set_backend` (or ``from_pretrained(backend=...)``) is validated again for the new device before
+    anything moves: ``auto`` resolves anew, one that cannot run there raises ``RuntimeError`` and the model
+    stays put. Without a chosen backend the model runs the ``torch`` backend, which runs anywhere.
     """
 
     def __init__(
@@ -359,6 +366,23 @@ class ESM2(BackendModule):
         # Why contacts cannot be computed (e.g. the regression file was missing); None = they can.
         self.contacts_unavailable: str | None = None if contact_head else "this ESM2 was built without a contact head"
         self.fair_esm_half_rotary = fair_esm_half_rotary
+        self._backend_choice: str | None = None  # what set_backend was asked for; moves revalidate it
+
+    def set_backend(self, name: str | _backend.Backend) -> _backend.Backend:
+        """Validate ``name`` for this model's device and hand it to every module (see :mod:`.backend`)."""
+        backend = _backend.set_backend(self, name, self.embed_tokens.weight.device)
+        self._backend_choice = name if isinstance(name, str) else name.name
+        return backend
+
+    def _apply(self, fn, recurse=True):
+        # Every conversion (.to, .cuda, .half ...) lands here; a chosen backend must run on the new device.
+        if not recurse or self._backend_choice is None:
+            return super()._apply(fn, recurse)
+        device, _ = conversion_target(fn, self.embed_tokens.weight)
+        backend = backend_for_move(self._backend_choice, device)
+        super()._apply(fn, recurse)
+        _backend.set_backend(self, backend, device)
+        return self
 
     @property
     def fair_esm_half_rotary(self) -> bool:
@@ -526,7 +550,7 @@ class ESM2(BackendModule):
         model = load_esm2(cls, path, device, dtype, lm_head)
         model.fair_esm_half_rotary = fair_esm_half_rotary
         if backend is not None:
-            set_backend(model, backend, device)
+            model.set_backend(backend)
         return model.eval()
 
 

@@ -6,8 +6,9 @@ multimers through ``':'``); the state dict keeps transformers' ``EsmForProteinFo
 fair-esm's ESM-2 layout.
 
 Precision: the whole model runs in one dtype by default (fp16 matmuls are slow on CPU). On CUDA, a model
-built by :meth:`ESMFold.from_pretrained` / :meth:`ESMFold.from_config` in float32 with ``fp16_esm`` in its
-config runs the LM in fp16 like the reference; its representations are cast to the trunk dtype. That LM
+built by :meth:`ESMFold.from_pretrained` / :meth:`ESMFold.from_config` in float32 (or bfloat16 / float16; not
+float64) with ``fp16_esm`` in its config runs the LM in fp16 like the reference; its representations are cast
+to the trunk dtype. That LM
 also makes its rotary tables in fp16 as fair-esm's ``self.esm.half()`` does (``model.esm.fair_esm_half_rotary``,
 on by default here: the released trunk was trained behind those tables; see
 :class:`~esmfold_fast.esm2.RotaryEmbedding`). An fp32 LM (CPU, or ``fp16_esm`` off) has fp32 tables as before.
@@ -19,6 +20,9 @@ trunk's work and memory, and keeps float32 islands where the numerics need them
 structure module with its input projections (eight shared-weight iterations amplify rounding: in bf16 it
 moved random-weight atoms by Angstroms) and the output heads. LayerNorm and softmax statistics accumulate
 in float32 inside the half-precision ops.
+
+Moves and casts (``.to``, ``.cuda``, ``.cpu``, ``.half``, ``.bfloat16``, ``.float``, ``.double``) leave the
+model as :meth:`ESMFold.from_pretrained` builds it for the new device and dtype; see :class:`ESMFold`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from torch import nn
 from . import backend as _backend
 from . import residue_constants as rc
 from .alphabet import Alphabet, batch_encode_sequences, collate_dense
+from .backend import backend_for_move, conversion_target
 from .checkpoints.files import default_dtype
 from .config import ESMFoldConfig, named_config, with_overrides
 from .esm2 import ESM2
@@ -56,10 +61,33 @@ STRUCTURE_KEYS = ("s_z", "s_s", "frames", "sidechain_frames", "unnormalized_angl
 # The outputs with a channel axis per residue pair, [B, L, L, C] (C = 128 or 64): 9 GB in fp32 at L = 2700.
 # ``return_pair_outputs=False`` leaves them out; ``predicted_aligned_error`` [B, L, L] stays.
 PAIR_OUTPUT_KEYS = ("s_z", "distogram_logits", "ptm_logits", "aligned_confidence_probs")
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 class ESMFold(nn.Module):
-    """ESMFold v1 (Lin et al. 2023). Build with :meth:`from_pretrained` or :meth:`from_config`."""
+    """ESMFold v1 (Lin et al. 2023). Build with :meth:`from_pretrained` or :meth:`from_config`.
+
+    The model's :attr:`dtype` is its pair track's; in a float16 or bfloat16 model the
+    :meth:`float32_islands` stay float32, and on CUDA the LM runs in fp16 when the config has ``fp16_esm``
+    (:meth:`lm_in_fp16`). Every ``nn.Module`` conversion keeps that layout, so a moved or cast model is laid
+    out as ``from_pretrained(device=..., dtype=...)`` would build it and folds like one:
+
+    - ``.to(device)``, ``.cuda()``, ``.cpu()``: the backend chosen (``backend=``, :meth:`set_backend`) is
+      validated for the new device before any weight moves: ``auto`` resolves again (``triton`` on CUDA,
+      ``torch`` elsewhere); one that cannot run there raises ``RuntimeError`` and the model stays where it
+      was (call ``set_backend('auto')`` first). ``.cuda()`` without CUDA raises torch's own error, also
+      before anything moves. On CUDA the LM goes to fp16 (set ``model.config.fp16_esm = False`` before the
+      move to keep it float32); back on the CPU it returns to the model's dtype, holding the fp16-rounded
+      values (reload the checkpoint for its exact weights).
+    - ``.half()``, ``.bfloat16()``, ``.to(torch.float16)``: a half-precision model, the pair track in that
+      dtype; the float32 islands are only moved, never rounded, so the sequence track, structure module
+      and heads keep their exact weights.
+    - ``.float()``, ``.double()``, ``.to(torch.float32)``: the whole model in that dtype, islands included (on
+      CUDA the LM stays fp16 as above); a float64 model has a float64 LM everywhere. Weights a half-precision
+      model had rounded stay rounded: reload for the exact ones.
+    - a non-floating dtype (``.type(torch.long)``, ``.to(torch.int8)``) raises ``TypeError``; integer buffers
+      (the token map) keep their dtype through every conversion.
+    """
 
     def __init__(self, config: ESMFoldConfig):
         super().__init__()
@@ -87,6 +115,7 @@ class ESMFold(nn.Module):
         self.lddt_bins = LDDT_BINS
         self.lddt_head = lddt_head(trunk_cfg.structure_module.sequence_dim, config.lddt_head_hid_dim)
         self.backend = _backend.get_backend("torch")
+        self._backend_choice = "torch"  # what set_backend was asked for ("auto" included): moves revalidate it
 
     # ------------------------------------------------------------------------------------------
     # construction
@@ -126,7 +155,7 @@ class ESMFold(nn.Module):
         with torch.random.fork_rng(devices=[]), default_dtype(dtype), device:
             torch.manual_seed(seed)
             model = cls(config)
-        model.keep_float32_islands()
+        model.apply_dtype_layout()
         model._init_random_(torch.Generator(device=device).manual_seed(seed))
         return model._finish(backend, device)
 
@@ -197,22 +226,64 @@ class ESMFold(nn.Module):
             islands += [block.layernorm_1, block.seq_attention, block.mlp_seq, block.sequence_to_pair]
         return islands
 
-    def keep_float32_islands(self) -> None:
-        """Give the islands float32 parameters when the model's dtype is a half one (before weights are set)."""
-        if self.esm_s_combine.dtype in (torch.bfloat16, torch.float16):
-            self.esm_s_combine.data = self.esm_s_combine.data.float()  # the LM mix, and so the sequence dtype
-            for module in self.float32_islands():
-                module.float()
+    @property
+    def dtype(self) -> torch.dtype:
+        """The model's dtype: its pair track's (float32 islands and an fp16 LM aside)."""
+        return self.trunk.pairwise_positional_embedding.embedding.weight.dtype
 
-    def lm_in_fp16(self, device: torch.device) -> bool:
-        """Whether the LM runs in fp16 on ``device``: on CUDA, for a float32 model whose config has
-        ``fp16_esm``, as the reference runs it. Loaders build such an LM in fp16 from the start, so the
-        device never holds a float32 copy of the 3B LM (14 GB at peak instead of 8.4)."""
-        return device.type == "cuda" and self.config.fp16_esm and self.esm_s_combine.dtype == torch.float32
+    def lm_in_fp16(self, device: torch.device, dtype: torch.dtype | None = None) -> bool:
+        """Whether the LM runs in fp16 on ``device`` in a model of ``dtype`` (default: :attr:`dtype`): on CUDA
+        when the config has ``fp16_esm``, as the reference runs it, at every dtype but float64 (parity runs).
+        Loaders build such an LM in fp16 from the start, so the device never holds a float32 copy of the
+        3B LM (14 GB at peak instead of 8.4)."""
+        dtype = dtype or self.dtype
+        return device.type == "cuda" and self.config.fp16_esm and dtype != torch.float64
+
+    def dtype_layout(self, device: torch.device, dtype: torch.dtype) -> dict[nn.Module, torch.dtype]:
+        """The dtype of each module's own floating point tensors in a ``dtype`` model on ``device``: the
+        float32 islands (and ``esm_s_combine``, which sets the sequence track's dtype) in float32 when
+        ``dtype`` is a half one, the LM in fp16 where :meth:`lm_in_fp16`, everything else in ``dtype``."""
+        island = torch.float32 if dtype in HALF_DTYPES else dtype
+        layout = {module: dtype for module in self.modules()}
+        for root in self.float32_islands():
+            layout.update((module, island) for module in root.modules())
+        layout[self] = island
+        if self.lm_in_fp16(device, dtype):
+            layout.update((module, torch.float16) for module in self.esm.modules())
+        return layout
+
+    def apply_dtype_layout(self, device: torch.device | None = None) -> None:
+        """Cast each tensor, in place, to its :meth:`dtype_layout` dtype for :attr:`dtype` on ``device``
+        (default: where the model is; loaders pass the device a meta-device model is built for)."""
+        device = device or self.device
+        self._convert(lambda t: t, None, device, self.dtype_layout(device, self.dtype))
+
+    def _convert(self, fn, cast: torch.dtype | None, device: torch.device, layout: dict[nn.Module, torch.dtype]):
+        """Apply ``fn`` (an ``nn.Module._apply`` conversion to ``device``) module by module, each floating
+        point tensor ending in its ``layout`` dtype. A casting ``fn`` (``cast``) is replaced by a plain move,
+        so a float32 island of a ``.half()`` model is never rounded through fp16 on the way."""
+        for module, want in layout.items():
+
+            def convert(t: torch.Tensor, want: torch.dtype = want) -> torch.Tensor:
+                if cast is not None:
+                    return t.to(device=device, dtype=want if t.is_floating_point() else t.dtype)
+                out = fn(t)
+                return out.to(want) if out.is_floating_point() and out.dtype != want else out
+
+            module._apply(convert, recurse=False)
+
+    def _apply(self, fn, recurse=True):
+        # Every nn.Module conversion lands here (see the class docstring for what each gives).
+        if not recurse:  # one module's own tensors, from _convert
+            return super()._apply(fn, recurse)
+        device, cast = conversion_target(fn, self.esm_s_combine)
+        backend = backend_for_move(self._backend_choice, device)
+        self._convert(fn, cast, device, self.dtype_layout(device, cast or self.dtype))
+        _backend.set_backend(self, backend, device)
+        return self
 
     def _finish(self, backend: str, device: torch.device) -> "ESMFold":
-        if self.lm_in_fp16(device):
-            self.esm.half()  # a no-op when a loader built it in fp16
+        self.apply_dtype_layout()  # a no-op when a loader built the model in its layout
         self.set_backend(backend)
         return self.eval()
 
@@ -225,11 +296,15 @@ class ESMFold(nn.Module):
         return self.esm_s_combine.device
 
     def set_backend(self, name: str | _backend.Backend) -> _backend.Backend:
-        """Validate ``name`` for this model's device and hand it to every module (see :mod:`.backend`)."""
-        return _backend.set_backend(self, name, self.device)
+        """Validate ``name`` for this model's device and hand it to every module (see :mod:`.backend`).
+        Moving the model validates it again for the new device (``auto`` resolves anew)."""
+        backend = _backend.set_backend(self, name, self.device)
+        self._backend_choice = name if isinstance(name, str) else name.name
+        return backend
 
     def set_chunk_size(self, chunk_size: int | None) -> None:
-        """Cap on the rows per chunk of pair-wide work in the trunk (``None``: a fixed memory budget)."""
+        """Cap on the rows per chunk of pair-wide work in the trunk (``None``: as the backend's launch plan
+        decides from its memory budget; see :mod:`esmfold_fast.memory`)."""
         self.trunk.set_chunk_size(chunk_size)
 
     # ------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ State-dict key names are transformers' ``EsmFoldingTrunk`` ones (``trunk.blocks.
 ...), which are also fair-esm's, so the official checkpoints load unchanged.
 
 The pair state ``z`` [B, L, L, c_z] dominates memory, so every pair-wide update is computed over row chunks
-(``chunk_size`` and the element budget of :mod:`.memory`) and, under ``torch.no_grad()``, added into ``z`` in place: the widest temporaries are chunk-sized, never
+(the backend's :class:`~.memory.ChunkPlan`, decided once per pass from ``chunk_size`` and the memory budget)
+and, under ``torch.no_grad()``, added into ``z`` in place: the widest temporaries are chunk-sized, never
 ``L x L x 4 c_z``. With autograd on, the same chunks are concatenated and added out of place so backward
 sees unmodified inputs. Hot paths (LayerNorm, the attention core, triangle multiplication) go through the
 backend ops (``self.ops``); gating and output projections stay in model code.
@@ -23,7 +24,7 @@ from fastfold_kernels.triangle_multiplicative_update import TriMulWeights
 
 from .backend import BackendModule
 from .config import TrunkConfig
-from .memory import release_freed_heap, rows_per_chunk, spans
+from .memory import ChunkPlan, release_freed_heap, spans
 from .structure_module import StructureModule
 
 # AlphaFold2 recycling distogram (supplement 1.10): 15 bins of the CB-CB distance between 3.375 and 21.375 A.
@@ -84,7 +85,7 @@ class SequenceToPair(BackendModule):
         self.o_proj = nn.Linear(2 * inner_dim, pairwise_state_dim, bias=True)
         self.inner_dim = inner_dim
 
-    def add_to_(self, z: torch.Tensor, s: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
+    def add_to_(self, z: torch.Tensor, s: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
         """``z + o_proj(cat[q_j * k_i, q_j - k_i])`` for pair (i, j), computed row chunk by row chunk.
 
         The difference half is linear, so it splits into ``W_d q_j - W_d k_i``: two [B, L, c_z] tensors
@@ -98,7 +99,7 @@ class SequenceToPair(BackendModule):
         q_d = F.linear(q, w_diff, self.o_proj.bias)  # [B, L, c_z]; bias folded in once per j
         k_d = F.linear(k, w_diff)  # [B, L, c_z]
         n, c_z = z.shape[1], z.shape[-1]
-        rows = rows_per_chunk(n, n * max(self.inner_dim, c_z), chunk_size)
+        rows = plan.rows(n, n * max(self.inner_dim, c_z))
 
         def update(r: slice) -> torch.Tensor:
             prod = q[:, None, :, :] * k[:, r, None, :]  # [B, rows, L, inner]
@@ -118,11 +119,11 @@ class PairToSequence(BackendModule):
         self.layernorm = nn.LayerNorm(pairwise_state_dim)
         self.linear = nn.Linear(pairwise_state_dim, num_heads, bias=False)
 
-    def forward(self, z: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
         """z [B, L, L, c_z] -> bias [B, H, L, L] (query, key), computed over row chunks."""
         b, n, _, c_z = z.shape
         bias = z.new_empty(b, self.linear.out_features, n, n)  # [B, H, L, L]
-        for r in spans(n, rows_per_chunk(n, n * c_z, chunk_size)):
+        for r in spans(n, plan.rows(n, n * c_z)):
             h = self.ops.layer_norm(z[:, r], self.layernorm.weight, self.layernorm.bias, self.layernorm.eps)
             bias[:, :, r, :] = self.linear(h).permute(0, 3, 1, 2)
         return bias
@@ -182,10 +183,10 @@ class ResidueMLP(BackendModule):
         h, s = self.ops.layer_norm(y, ln.weight, ln.bias, ln.eps, residual=s)
         return s + self._hidden_from_normed(h)
 
-    def add_to_pair_(self, z: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
+    def add_to_pair_(self, z: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
         """Pair transition ``z + MLP(z)`` over row chunks (the 4 c_z hidden is never pair-wide)."""
         n = z.shape[1]
-        rows = rows_per_chunk(n, n * self.mlp[1].out_features, chunk_size)
+        rows = plan.rows(n, n * self.mlp[1].out_features)
         return add_rowwise_(z, lambda r: self.update(z[:, r]), rows)
 
 
@@ -226,7 +227,7 @@ class TriangleMultiplicativeUpdate(BackendModule):
         self,
         z: torch.Tensor,
         mask: torch.Tensor | None,
-        chunk_size: int | None,
+        plan: ChunkPlan,
         dropout: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``z + update``. Under no_grad without dropout the update goes into ``z`` in place; a backend op
@@ -235,9 +236,9 @@ class TriangleMultiplicativeUpdate(BackendModule):
         if _inplace_ok() and dropout is None and getattr(op, "supports_add_into_z", False):
             return op(
                 z, mask, self.weights(), outgoing=self.outgoing, eps=self.layer_norm_in.eps,
-                chunk_size=chunk_size, add_into_z=True,
+                chunk_size=plan.chunk_size, add_into_z=True,
             )  # fmt: skip
-        update = self(z, mask, chunk_size)
+        update = self(z, mask, plan.chunk_size)
         if dropout is not None:
             return z + dropout(update)
         if _inplace_ok():
@@ -283,11 +284,11 @@ class TriangleAttention(BackendModule):
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         return self.ops.layer_norm(x, self.layer_norm.weight, self.layer_norm.bias, self.layer_norm.eps)
 
-    def triangle_bias(self, zt: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
+    def triangle_bias(self, zt: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
         """bias[b, h, q, k] = linear(LN(zt))[b, q, k, h] -> [B, H, L, L], built over row chunks of ``zt``."""
         b, n, _, c = zt.shape
         bias = zt.new_empty(b, self.no_heads, n, n)
-        for r in spans(n, rows_per_chunk(n, n * c, chunk_size)):
+        for r in spans(n, plan.rows(n, n * c)):
             bias[:, :, r, :] = self.linear(self._norm(zt[:, r])).permute(0, 3, 1, 2)
         return bias
 
@@ -295,18 +296,18 @@ class TriangleAttention(BackendModule):
         self,
         z: torch.Tensor,
         mask: torch.Tensor | None,
-        chunk_size: int | None,
+        plan: ChunkPlan,
         dropout: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``z + TriangleAttention(z)`` (z [B, L, L, c_in], mask [B, L, L] with 1 = attendable)."""
         zt = z if self.starting else z.transpose(1, 2)  # rows of zt are attention rows
         mt = None if mask is None else (mask if self.starting else mask.transpose(1, 2))
-        bias = self.triangle_bias(zt, chunk_size)  # [B, H, L, L]; from z before any row is updated
+        bias = self.triangle_bias(zt, plan)  # [B, H, L, L]; from z before any row is updated
         b, n = z.shape[0], z.shape[1]
         w_qkvg, b_qkvg = self.mha.fused_qkvg()
         width = self.no_heads * self.c_hidden
-        # Per row: 4 projections plus the H x L x L score block the attention core may materialise.
-        rows = rows_per_chunk(n, max(5 * n * width, 2 * self.no_heads * n * n), chunk_size)
+        # Per row: 4 projections and the gated output, plus the H x L x L scores an unfused core materialises.
+        rows = plan.rows(n, 5 * n * width, 2 * self.no_heads * n * n)
 
         def update(r: slice) -> torch.Tensor:
             x = self._norm(zt[:, r])  # [B, rows, L, c_in]
@@ -358,17 +359,23 @@ class TriangularSelfAttentionBlock(BackendModule):
         pairwise_state: torch.Tensor,
         mask: torch.Tensor | None = None,
         chunk_size: int | None = None,
+        plan: ChunkPlan | None = None,
         **_unused,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """s [B, L, c_s], z [B, L, L, c_z], mask [B, L] (1 = residue) -> (s, z)."""
+        """s [B, L, c_s], z [B, L, L, c_z], mask [B, L] (1 = residue; None: no padding) -> (s, z).
+
+        ``plan``: the pass's row-chunk plan (the trunk decides it once per pass); by default this backend's
+        plan for ``z`` with ``chunk_size``."""
         s, z = sequence_state, pairwise_state
         if s.dim() != 3 or z.dim() != 4 or z.shape[1] != s.shape[1] or z.shape[2] != s.shape[1]:
             raise ValueError(f"expected s [B, L, c_s] and z [B, L, L, c_z], got {tuple(s.shape)}, {tuple(z.shape)}")
         if mask is not None:
             mask = mask.to(z.dtype)
+        if plan is None:
+            plan = self.ops.chunk_plan(z, chunk_size)
 
         # Sequence track: attention biased by the pair state, then the MLP.
-        bias = self.pair_to_sequence(z, chunk_size)  # [B, H, L, L]
+        bias = self.pair_to_sequence(z, plan)  # [B, H, L, L]
         ln = self.layernorm_1
         y = self.seq_attention(self.ops.layer_norm(s, ln.weight, ln.bias, ln.eps), mask, bias)
         if self.training and self.dropout > 0:
@@ -377,14 +384,13 @@ class TriangularSelfAttentionBlock(BackendModule):
         s = self.mlp_seq.forward_sequence(s, y)
 
         # Pair track.
-        z = self.sequence_to_pair.add_to_(z, s, chunk_size)
-        # Without padding the pair mask is all ones and every op skips it (no [B, L, L] mask, no bias buffer).
-        tri_mask = None if mask is None or bool(mask.all()) else mask[:, :, None] * mask[:, None, :]  # [B, L, L]
-        z = self.tri_mul_out.add_to_(z, tri_mask, chunk_size, dropout=self._drop(2))
-        z = self.tri_mul_in.add_to_(z, tri_mask, chunk_size, dropout=self._drop(1))
-        z = self.tri_att_start.add_to_(z, tri_mask, chunk_size, dropout=self._drop(2))
-        z = self.tri_att_end.add_to_(z, tri_mask, chunk_size, dropout=self._drop(1))
-        z = self.mlp_pair.add_to_pair_(z, chunk_size)
+        z = self.sequence_to_pair.add_to_(z, s, plan)
+        tri_mask = None if mask is None else mask[:, :, None] * mask[:, None, :]  # [B, L, L]
+        z = self.tri_mul_out.add_to_(z, tri_mask, plan, dropout=self._drop(2))
+        z = self.tri_mul_in.add_to_(z, tri_mask, plan, dropout=self._drop(1))
+        z = self.tri_att_start.add_to_(z, tri_mask, plan, dropout=self._drop(2))
+        z = self.tri_att_end.add_to_(z, tri_mask, plan, dropout=self._drop(1))
+        z = self.mlp_pair.add_to_pair_(z, plan)
         return s, z
 
 
@@ -473,6 +479,7 @@ class FoldingTrunk(BackendModule):
         residx: torch.Tensor,
         mask: torch.Tensor,
         like: torch.Tensor,
+        plan: ChunkPlan,
     ) -> torch.Tensor:
         """z = pair_feats + (LN(prev_z) + disto(bins)) + relpos, row chunk by row chunk.
 
@@ -486,7 +493,7 @@ class FoldingTrunk(BackendModule):
         else:
             out = like.new_empty(b, n, n, c_z, dtype=self.recycle_z_norm.weight.dtype)  # the pair track's dtype
         norm = self.recycle_z_norm
-        for r in spans(n, rows_per_chunk(n, n * c_z, self.chunk_size)):
+        for r in spans(n, plan.rows(n, n * c_z)):
             if prev_z is None:
                 t = self.recycle_disto(bins[:, r]) + norm.bias
             else:
@@ -501,17 +508,23 @@ class FoldingTrunk(BackendModule):
         return out
 
     @staticmethod
+    def _padding_mask(mask: torch.Tensor) -> torch.Tensor | None:
+        """The mask the blocks take: None without padding, so every op skips it (no [B, L, L] pair mask, no
+        bias buffer). Decided once per fold: one host sync instead of one per block."""
+        return None if bool(mask.all()) else mask
+
+    @staticmethod
     def _linear_in_its_dtype(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         """``linear(x)`` in the linear's own dtype (float32 islands of a bfloat16 model)."""
         return linear(x.to(linear.weight.dtype))
 
-    def _structure_pair(self, z: torch.Tensor) -> torch.Tensor:
+    def _structure_pair(self, z: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
         """``trunk2sm_z(z)`` [B, L, L, c_z_sm] in the structure module's dtype, row chunk by row chunk so
         no cast copy of z is ever pair-wide."""
         b, n = z.shape[:2]
         lin = self.trunk2sm_z
         out = z.new_empty(b, n, n, lin.out_features, dtype=lin.weight.dtype)
-        for r in spans(n, rows_per_chunk(n, n * max(z.shape[-1], lin.out_features), self.chunk_size)):
+        for r in spans(n, plan.rows(n, n * max(z.shape[-1], lin.out_features))):
             out[:, r] = self._linear_in_its_dtype(lin, z[:, r])
         return out
 
@@ -528,6 +541,7 @@ class FoldingTrunk(BackendModule):
         long, mask [B, L] -> the structure module's outputs plus ``s_s`` [B, L, c_s], ``s_z`` [B, L, L, c_z]."""
         passes = self.num_passes(num_recycles)
         mask_f = mask.to(seq_feats.dtype)
+        block_mask = self._padding_mask(mask_f)
         b, n, _ = seq_feats.shape
         prev_s = prev_z = None
         bins = torch.zeros(b, n, n, dtype=torch.long, device=seq_feats.device)
@@ -539,14 +553,16 @@ class FoldingTrunk(BackendModule):
                     s = seq_feats + ln.bias  # LN of a zero state is its bias
                 else:
                     s = seq_feats + self.ops.layer_norm(prev_s.detach(), ln.weight, ln.bias, ln.eps)
+                # One plan per pass, from the memory free before its pair state is built.
+                plan = self.ops.chunk_plan(self.recycle_z_norm.weight, self.chunk_size)
                 z = self._pair_input(
-                    None if prev_z is None else prev_z.detach(), bins, pair_feats, residx, mask_f, seq_feats
+                    None if prev_z is None else prev_z.detach(), bins, pair_feats, residx, mask_f, seq_feats, plan
                 )
                 prev_z = None  # its buffer is z now under no_grad
                 for block in self.blocks:
-                    s, z = block(s, z, mask=mask_f, chunk_size=self.chunk_size)
+                    s, z = block(s, z, mask=block_mask, plan=plan)
                 structure = self.structure_module(
-                    {"single": self._linear_in_its_dtype(self.trunk2sm_s, s), "pair": self._structure_pair(z)},
+                    {"single": self._linear_in_its_dtype(self.trunk2sm_s, s), "pair": self._structure_pair(z, plan)},
                     true_aa,
                     mask_f,
                     pair_is_scratch=_inplace_ok(),

@@ -17,7 +17,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .utils import TRITON_DTYPES, AOTConfig, aot_config, cast_rne, interpreting, records_grad, require_triton, tl, triton
+from .utils import (
+    TRITON_DTYPES, AOTConfig, aot_config, cast_rne, interpreting, launch_with_fallback, records_grad, require_triton,
+    tl, triton,
+)  # fmt: skip
 
 # Elements one program normalises at once; rows are packed into the tile when C is narrow (the pair
 # tensor's C=128 rows would leave most lanes idle one row per program).
@@ -84,11 +87,19 @@ def _layer_norm_fwd_kernel(
 
 
 def _block_shape(C: int) -> tuple[int, int, int]:
-    """(BLOCK_R, BLOCK_C, num_warps) for rows of width C."""
+    """(BLOCK_R, BLOCK_C, num_warps) for rows of width C, the same on every GPU architecture (the
+    kernels have no dots). The 128-column tile (32 rows) takes 8 warps: on 4, ptxas under triton 3.6
+    spilled its residual variant on sm_80 (32 B)."""
     block_c = triton.next_power_of_2(C)
     block_r = max(1, _TILE_ELEMS // block_c)
-    num_warps = min(16, max(4, (block_r * block_c) // 1024))
+    num_warps = 8 if block_c == 128 else min(16, max(4, (block_r * block_c) // 1024))
     return block_r, block_c, num_warps
+
+
+def _smaller(launch: dict) -> dict:
+    """The next smaller configuration of a LayerNorm launch after an OutOfResources: half the rows (a
+    row is never split, so at one row there is none: ``launch`` itself)."""
+    return {**launch, "BLOCK_R": max(1, launch["BLOCK_R"] // 2)}
 
 
 def _bwd_block_shape(C: int) -> tuple[int, int, int]:
@@ -101,6 +112,14 @@ def _bwd_block_shape(C: int) -> tuple[int, int, int]:
     if block_c in (1024, 2048):
         return max(1, block_r // 2), block_c, 4
     return block_r, block_c, min(8, 2 * num_warps)
+
+
+def _bwd_sums_in_memory(block_c: int, dtype: torch.dtype) -> bool:
+    """Whether the backward keeps its dweight/dbias running sums in memory (``SUMS_IN_MEMORY``): for
+    the fp32 8192-column tile (C = 5120), where with them in registers ptxas under triton 3.6
+    spilled 24 B on sm_90; one row per block makes the extra read and write of two fp32 rows cheap
+    beside x, dy and dx. fp16/bf16 keep them in registers: in memory, 3.6 spilled those on sm_80."""
+    return block_c >= 8192 and dtype == torch.float32
 
 
 # Backward programs under the interpreter (few: each one's row blocks loop, which is what is tested).
@@ -173,10 +192,13 @@ def _layer_norm_bwd_kernel(
     HAS_BIAS: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    SUMS_IN_MEMORY: tl.constexpr = False,
 ):
     """Liger-style LayerNorm backward: each program walks the row blocks pid, pid + n_programs, ...,
     writes dx = rstd * (w*dy - mean(w*dy) - xhat * mean(w*dy*xhat)) (+ ds) for each, and keeps fp32
-    running sums of dy * xhat and dy per column, stored once at the end and reduced on the host."""
+    running sums of dy * xhat and dy per column, stored once at the end and reduced on the host.
+    SUMS_IN_MEMORY: the running sums live in the program's own (zeroed) DW/DB rows instead of
+    registers, added to per row block: the 8192-column tile spills with them in registers."""
     pid = tl.program_id(0)
     n_progs = tl.num_programs(0)
     cols = tl.arange(0, BLOCK_C)  # [BLOCK_C]
@@ -204,12 +226,21 @@ def _layer_norm_bwd_kernel(
         if HAS_DS:
             dx += tl.load(DS + offs, mask=tile_ok, other=0.0).to(tl.float32)
         tl.store(DX + offs, cast_rne(dx, DX.dtype.element_ty), mask=tile_ok)
-        dw_acc += tl.sum(dy * xhat, axis=0)
+        if SUMS_IN_MEMORY:
+            tl.debug_barrier()  # the previous row block's stores of this row are visible to all threads
+            dw_row = DW + pid * C + cols
+            tl.store(dw_row, tl.load(dw_row, mask=col_ok, other=0.0) + tl.sum(dy * xhat, axis=0), mask=col_ok)
+            if HAS_BIAS:
+                db_row = DB + pid * C + cols
+                tl.store(db_row, tl.load(db_row, mask=col_ok, other=0.0) + tl.sum(dy, axis=0), mask=col_ok)
+        else:
+            dw_acc += tl.sum(dy * xhat, axis=0)
+            if HAS_BIAS:
+                db_acc += tl.sum(dy, axis=0)
+    if not SUMS_IN_MEMORY:
+        tl.store(DW + pid * C + cols, dw_acc, mask=col_ok)
         if HAS_BIAS:
-            db_acc += tl.sum(dy, axis=0)
-    tl.store(DW + pid * C + cols, dw_acc, mask=col_ok)
-    if HAS_BIAS:
-        tl.store(DB + pid * C + cols, db_acc, mask=col_ok)
+            tl.store(DB + pid * C + cols, db_acc, mask=col_ok)
 
 
 def _layer_norm_fwd(x, weight, bias, eps, residual, store_stats: bool):
@@ -240,12 +271,16 @@ def _layer_norm_fwd(x, weight, bias, eps, residual, store_stats: bool):
         xn = None
     if n_rows:
         block_r, block_c, num_warps = _block_shape(C)
-        _layer_norm_fwd_kernel[(triton.cdiv(n_rows, block_r),)](
-            x, residual, weight, bias if bias is not None else weight, y, s, mean, rstd,
-            n_rows, n_inner, sxo, sxi, sro, sri, C, eps,
+        launch = dict(
             HAS_RES=has_res, HAS_BIAS=bias is not None,
             BLOCK_R=block_r, BLOCK_C=block_c, STORE_STATS=store_stats, num_warps=num_warps,
         )  # fmt: skip
+        args = (x, residual, weight, bias if bias is not None else weight, y, s, mean, rstd,
+                n_rows, n_inner, sxo, sxi, sro, sri, C, eps)  # fmt: skip
+        launch_with_fallback(
+            "layer_norm", launch, _smaller(launch),
+            lambda cfg: _layer_norm_fwd_kernel[(triton.cdiv(n_rows, cfg["BLOCK_R"]),)](*args, **cfg),
+        )
     return y, (s if has_res else None), mean, rstd, xn
 
 
@@ -274,18 +309,28 @@ class _LayerNormFn(torch.autograd.Function):
         dy = torch.zeros(ctx.x_shape, dtype=xn.dtype, device=xn.device) if dy is None else dy
         dy = dy.to(xn.dtype).contiguous()
         dx = torch.empty(ctx.x_shape, dtype=xn.dtype, device=xn.device)
-        block_r, block_c, num_warps = _bwd_block_shape(C)
-        n_progs = _bwd_programs(triton.cdiv(n_rows, block_r), xn.device) if n_rows else 1
-        # [dweight, dbias] partial sums, one row per program (zeros: no rows, no program)
-        partial = (torch.empty if n_rows else torch.zeros)((2, n_progs, C), dtype=torch.float32, device=xn.device)
         if n_rows:
             has_ds = ds is not None
             ds = ds.to(xn.dtype).contiguous() if has_ds else dy
-            _layer_norm_bwd_kernel[(n_progs,)](
-                xn, dy, ds, weight, mean, rstd, dx, partial[0], partial[1],
-                n_rows, n_inner, so, si, C,
-                HAS_DS=has_ds, HAS_BIAS=ctx.has_bias, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=num_warps,
+            block_r, block_c, num_warps = _bwd_block_shape(C)
+            launch = dict(
+                HAS_DS=has_ds, HAS_BIAS=ctx.has_bias, BLOCK_R=block_r, BLOCK_C=block_c,
+                SUMS_IN_MEMORY=_bwd_sums_in_memory(block_c, xn.dtype), num_warps=num_warps,
             )  # fmt: skip
+
+            def run(cfg):
+                n_progs = _bwd_programs(triton.cdiv(n_rows, cfg["BLOCK_R"]), xn.device)
+                # [dweight, dbias] partial sums, one row per program (summed into: zeros)
+                alloc = torch.zeros if cfg["SUMS_IN_MEMORY"] else torch.empty
+                partial = alloc((2, n_progs, C), dtype=torch.float32, device=xn.device)
+                _layer_norm_bwd_kernel[(n_progs,)](
+                    xn, dy, ds, weight, mean, rstd, dx, partial[0], partial[1], n_rows, n_inner, so, si, C, **cfg
+                )
+                return partial
+
+            partial = launch_with_fallback("layer_norm_bwd", launch, _smaller(launch), run)
+        else:
+            partial = torch.zeros((2, 1, C), dtype=torch.float32, device=xn.device)  # no rows: zero gradients
         dweight = partial[0].sum(0).to(weight.dtype)
         dbias = partial[1].sum(0).to(weight.dtype) if ctx.has_bias else None
         return dx, dweight, dbias, (dx if ctx.has_res else None), None
@@ -304,6 +349,8 @@ def layer_norm(
     are new contiguous tensors of x's shape and dtype. fp16, bf16 and fp32 inputs; statistics in fp32.
     Differentiable: with grad enabled and any input requiring grad, the backward is a fused Triton
     kernel (gradients of x, weight, bias and residual; both ``y`` and ``s`` may receive gradients).
+    Tiles depend on C alone (no architecture's resources are special); a launch out of GPU resources
+    is retried once with half the rows per program, then is a RuntimeError.
     """
     require_triton()
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
@@ -387,7 +434,7 @@ def aot_configs() -> list[AOTConfig]:
         bwd_r, bwd_c, bwd_warps = _bwd_block_shape(widths[0])
         fwd_launch = dict(HAS_BIAS=True, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=num_warps, num_stages=1)
         bwd_launch = dict(HAS_BIAS=True, BLOCK_R=bwd_r, BLOCK_C=bwd_c, num_warps=bwd_warps, num_stages=1)
-        for tdt in TRITON_DTYPES.values():
+        for dt, tdt in TRITON_DTYPES.items():
             ptr = f"*{tdt}"
             fwd = {**dict.fromkeys(("X", "R", "W", "Bias", "Y", "S", "Mean", "Rstd"), ptr),
                    **dict.fromkeys((*rows, "stride_ro", "stride_ri", "C"), "i32"), "eps": "fp32"}  # fmt: skip
@@ -398,7 +445,8 @@ def aot_configs() -> list[AOTConfig]:
                 fwd_name = f"layer_norm_C{tag}_{tdt}{'_res' * flag}"
                 bwd_name = f"layer_norm_bwd_C{tag}_{tdt}{'_ds' * flag}"
                 configs.append(aot_config(fwd_name, _layer_norm_fwd_kernel, fwd, {**fwd_launch, "HAS_RES": flag}))
-                configs.append(aot_config(bwd_name, _layer_norm_bwd_kernel, bwd, {**bwd_launch, "HAS_DS": flag}))
+                bwd_flags = {"HAS_DS": flag, "SUMS_IN_MEMORY": _bwd_sums_in_memory(bwd_c, dt)}
+                configs.append(aot_config(bwd_name, _layer_norm_bwd_kernel, bwd, {**bwd_launch, **bwd_flags}))
     return configs
 
 

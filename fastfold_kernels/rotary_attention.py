@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from .utils import (
-    LOG2E, TRITON_DTYPES, AOTConfig, aot_config, attention_launch, attention_operands, cuda_arch, dot,
-    dot_block, interpreting, records_grad, require_triton, tl, triton,
+    LOG2E, TRITON_DTYPES, AOTConfig, aot_config, aot_precisions, attention_launch, attention_operands, dot,
+    dot_block, dot_precision, launch_arch, launch_with_fallback, records_grad, require_triton, tl, triton,
 )  # fmt: skip
 
 __all__ = [
@@ -299,17 +299,19 @@ def _bwd_query_tile(q_base, do_base, lse_base, delta_base, offs_m, m_ok, stride_
 
 
 @triton.jit
-def _probs_and_dlogits(
-    qs1, qs2, kc1, kc2, vt, do, lse, delta, keep, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr
-):
-    """One [BLOCK_M, BLOCK_N] tile of the backward: the probabilities, recomputed from the saved
-    log2-sum-exp2 exactly as the forward's logits, and dS = P * (dO V^T - delta), the gradient of
-    the (natural-unit) logits. ``keep`` masks invalid queries and keys (probability 0)."""
+def _probs(qs1, qs2, kc1, kc2, lse, keep, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """One [BLOCK_M, BLOCK_N] tile of the probabilities, recomputed from the saved log2-sum-exp2
+    exactly as the forward's logits; ``keep`` masks invalid queries and keys (probability 0)."""
     s = dot(qs1, tl.trans(kc1), None, DOT_PRECISION, UPCAST_DOT)
     s += dot(qs2, tl.trans(kc2), None, DOT_PRECISION, UPCAST_DOT)
-    p = tl.where(keep, tl.exp2(s - lse[:, None]), 0.0)  # [BLOCK_M, BLOCK_N]
+    return tl.where(keep, tl.exp2(s - lse[:, None]), 0.0)
+
+
+@triton.jit
+def _dlogits(p, vt, do, delta, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """dS = P * (dO V^T - delta), the gradient of the (natural-unit) logits, [BLOCK_M, BLOCK_N]."""
     dp = dot(do, tl.trans(vt), None, DOT_PRECISION, UPCAST_DOT)
-    return p, p * (dp - delta[:, None])
+    return p * (dp - delta[:, None])
 
 
 @triton.jit
@@ -344,6 +346,7 @@ def _rotary_attention_bwd(
     DOT_PRECISION: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
     DQ: tl.constexpr,
+    SPLIT_DKDV: tl.constexpr = False,
 ):
     """FlashAttention-2 backward with the rotary inside, one kernel body for two launches.
 
@@ -352,10 +355,11 @@ def _rotary_attention_bwd(
     queries; key tiles stream past and it accumulates d(rot q) = scale * dS (rot k). P is recomputed
     from the forward's log2-sum-exp2 (``lse_ptr``), delta = rowsum(dO * O) (``delta_ptr``, both fp32
     [B, H, L]); the rotated gradients are rotated back (R^T) on the store. dO, dq, dk, dv share the
-    ``stride_g*`` strides.
+    ``stride_g*`` strides. ``SPLIT_DKDV`` (with ``DQ=False``): two programs per key tile, one
+    accumulating dV and one dK (see :func:`_bwd_dkdv_tile`); the grid doubles.
     """
     pid = tl.program_id(0)
-    num_t = tl.cdiv(L, BLOCK_M if DQ else BLOCK_N)
+    num_t = tl.cdiv(L, BLOCK_M if DQ else BLOCK_N) * (2 if SPLIT_DKDV else 1)
     pid_t = pid % num_t
     pid_bh = pid // num_t
     b = pid_bh // H
@@ -388,37 +392,66 @@ def _rotary_attention_bwd(
             offs_n = start_n + tl.arange(0, BLOCK_N)
             kc1, kc2, vt, keep = _bwd_key_tile(k_base, v_base, mask_row, offs_n, offs_n < L, stride_kl, stride_vl,
                                                dh, h_ok, d, d_ok, cos_ptr, sin_ptr, D, half, HAS_MASK)
-            p, ds = _probs_and_dlogits(qs1, qs2, kc1, kc2, vt, do, lse, delta, m_ok[:, None] & keep[None, :],
-                                       DOT_PRECISION, UPCAST_DOT)
+            p = _probs(qs1, qs2, kc1, kc2, lse, m_ok[:, None] & keep[None, :], DOT_PRECISION, UPCAST_DOT)
+            ds = _dlogits(p, vt, do, delta, DOT_PRECISION, UPCAST_DOT)
             g1 = dot(ds.to(dtype), kc1, g1, DOT_PRECISION, UPCAST_DOT)
             g2 = dot(ds.to(dtype), kc2, g2, DOT_PRECISION, UPCAST_DOT)
         _store_unrotated(dq_ptr + g_off, offs_m, stride_gl, dh, h_ok, m_ok, cos_ptr, sin_ptr, D, half,
                          g1 * scale, g2 * scale)
+    elif SPLIT_DKDV:  # two programs per key tile: even ones accumulate dV, odd ones dK
+        if pid_t % 2 == 0:
+            _bwd_dkdv_tile(q_base, k_base, v_base, do_base, lse_base, delta_base, mask_row, dk_ptr + g_off,
+                           dv_ptr + g_off, pid_t // 2, stride_ql, stride_kl, stride_vl, stride_gl, L, D, half,
+                           qk_scale, cos_ptr, sin_ptr, d, d_ok, dh, h_ok, HAS_MASK, BLOCK_M, BLOCK_N, BLOCK_D,
+                           BLOCK_H, DOT_PRECISION, UPCAST_DOT, True, False)  # fmt: skip
+        else:
+            _bwd_dkdv_tile(q_base, k_base, v_base, do_base, lse_base, delta_base, mask_row, dk_ptr + g_off,
+                           dv_ptr + g_off, pid_t // 2, stride_ql, stride_kl, stride_vl, stride_gl, L, D, half,
+                           qk_scale, cos_ptr, sin_ptr, d, d_ok, dh, h_ok, HAS_MASK, BLOCK_M, BLOCK_N, BLOCK_D,
+                           BLOCK_H, DOT_PRECISION, UPCAST_DOT, False, True)  # fmt: skip
     else:
-        offs_n = pid_t * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
-        n_ok = offs_n < L
-        kc1, kc2, vt, keep = _bwd_key_tile(k_base, v_base, mask_row, offs_n, n_ok, stride_kl, stride_vl,
-                                           dh, h_ok, d, d_ok, cos_ptr, sin_ptr, D, half, HAS_MASK)
-        dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-        g1 = tl.zeros([BLOCK_N, BLOCK_H], tl.float32)
-        g2 = tl.zeros([BLOCK_N, BLOCK_H], tl.float32)
-        for start_m in range(0, L, BLOCK_M):
-            offs_m = start_m + tl.arange(0, BLOCK_M)
-            m_ok = offs_m < L
-            qs1, qs2, do, lse, delta = _bwd_query_tile(q_base, do_base, lse_base, delta_base, offs_m, m_ok,
-                                                       stride_ql, stride_gl, dh, h_ok, d, d_ok, cos_ptr, sin_ptr,
-                                                       D, half, qk_scale)
-            p, ds = _probs_and_dlogits(qs1, qs2, kc1, kc2, vt, do, lse, delta, m_ok[:, None] & keep[None, :],
-                                       DOT_PRECISION, UPCAST_DOT)
+        _bwd_dkdv_tile(q_base, k_base, v_base, do_base, lse_base, delta_base, mask_row, dk_ptr + g_off,
+                       dv_ptr + g_off, pid_t, stride_ql, stride_kl, stride_vl, stride_gl, L, D, half,
+                       qk_scale, cos_ptr, sin_ptr, d, d_ok, dh, h_ok, HAS_MASK, BLOCK_M, BLOCK_N, BLOCK_D,
+                       BLOCK_H, DOT_PRECISION, UPCAST_DOT, True, True)  # fmt: skip
+
+
+@triton.jit
+def _bwd_dkdv_tile(q_base, k_base, v_base, do_base, lse_base, delta_base, mask_row, dk_base, dv_base, tile,
+                   stride_ql, stride_kl, stride_vl, stride_gl, L, D, half, qk_scale, cos_ptr, sin_ptr,
+                   d, d_ok, dh, h_ok, HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                   UPCAST_DOT: tl.constexpr, WANT_DV: tl.constexpr, WANT_DK: tl.constexpr):  # fmt: skip
+    """dV = P^T dO (``WANT_DV``) and/or dK = R^T (dS^T (scale * rot q)) (``WANT_DK``) of BLOCK_N keys,
+    query tiles streaming past. One program computing only one of them holds one accumulator and
+    skips dO V^T (dV needs only P): what lets D = 128 tiles fit in registers."""
+    dtype = k_base.dtype.element_ty
+    offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    n_ok = offs_n < L
+    kc1, kc2, vt, keep = _bwd_key_tile(k_base, v_base, mask_row, offs_n, n_ok, stride_kl, stride_vl,
+                                       dh, h_ok, d, d_ok, cos_ptr, sin_ptr, D, half, HAS_MASK)  # fmt: skip
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    g1 = tl.zeros([BLOCK_N, BLOCK_H], tl.float32)
+    g2 = tl.zeros([BLOCK_N, BLOCK_H], tl.float32)
+    for start_m in range(0, L, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < L
+        qs1, qs2, do, lse, delta = _bwd_query_tile(q_base, do_base, lse_base, delta_base, offs_m, m_ok,
+                                                   stride_ql, stride_gl, dh, h_ok, d, d_ok, cos_ptr, sin_ptr,
+                                                   D, half, qk_scale)  # fmt: skip
+        p = _probs(qs1, qs2, kc1, kc2, lse, m_ok[:, None] & keep[None, :], DOT_PRECISION, UPCAST_DOT)
+        if WANT_DK:  # dS before the dV dot: this order keeps sm_80's D = 64 tiles from spilling
+            dst = tl.trans(_dlogits(p, vt, do, delta, DOT_PRECISION, UPCAST_DOT).to(dtype))  # [BLOCK_N, BLOCK_M]
+        if WANT_DV:
             dv = dot(tl.trans(p.to(dtype)), do, dv, DOT_PRECISION, UPCAST_DOT)
-            dst = tl.trans(ds.to(dtype))  # [BLOCK_N, BLOCK_M]
+        if WANT_DK:
             g1 = dot(dst, qs1, g1, DOT_PRECISION, UPCAST_DOT)  # qs carries scale * log2(e)
             g2 = dot(dst, qs2, g2, DOT_PRECISION, UPCAST_DOT)
-        g_rows = g_off + offs_n[:, None] * stride_gl
-        tl.store(dv_ptr + g_rows + d[None, :], dv.to(dtype), mask=n_ok[:, None] & d_ok[None, :])
+    if WANT_DV:
+        tl.store(dv_base + offs_n[:, None] * stride_gl + d[None, :], dv.to(dtype), mask=n_ok[:, None] & d_ok[None, :])
+    if WANT_DK:
         inv = 1.0 / 1.4426950408889634
-        _store_unrotated(dk_ptr + g_off, offs_n, stride_gl, dh, h_ok, n_ok, cos_ptr, sin_ptr, D, half,
-                         g1 * inv, g2 * inv)
+        _store_unrotated(dk_base, offs_n, stride_gl, dh, h_ok, n_ok, cos_ptr, sin_ptr, D, half, g1 * inv, g2 * inv)
 
 
 def _blocks(D: int) -> dict:
@@ -426,16 +459,34 @@ def _blocks(D: int) -> dict:
     return dict(BLOCK_D=dot_block(D), BLOCK_H=dot_block(D // 2))
 
 
-def _cuda_tiles(D: int, dtype: torch.dtype, arch: int = 90) -> dict:
-    """Tile sizes, warps and stages of the CUDA launch on sm_<arch> for one head dim and dtype.
+# What the interpreter launches: small tiles, so short test sequences loop over several of them.
+_INTERPRETER_TILES = dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
 
-    Chosen from sm_90 and sm_80 AOT compiles (profiling/compile_report.py): the largest tiles
-    without register spills.
+# The four launches of the op: the forward without and with the stored log2-sum-exp2 (autograd), and
+# the backward's dk/dv and dq launches.
+_KINDS = ("fwd", "fwd_lse", "bwd_dkdv", "bwd_dq")
+# The mask settings each kind is launched with: the dq backward never takes the mask (see backward).
+_MASKED = {"fwd": (False, True), "fwd_lse": (False, True), "bwd_dkdv": (False, True), "bwd_dq": (False,)}
+
+
+def _cuda_tiles(D: int, dtype: torch.dtype, arch: int, precision: str) -> dict:
+    """Tile sizes, warps and stages of the CUDA forward on sm_<arch> for one head dim, dtype and dot
+    precision (``precision``: see :func:`~fastfold_kernels.utils.dot_precision`).
+
+    Chosen from sm_90 and sm_80 AOT compiles under triton 3.6 and 3.9 (profiling/compile_report.py):
+    the largest tiles without register spills.
     """
     blocks = _blocks(D)
-    if dtype == torch.float32:
+    if dtype == torch.float32 and precision == "ieee":
         # ieee fp32 dots run on FMA units and hold whole tiles in registers: small tiles.
         return dict(BLOCK_M=32, BLOCK_N=32, num_warps=8 if D > 64 else 4, num_stages=1, **blocks)
+    if dtype == torch.float32:
+        # tf32 / 3xtf32 on tensor cores: 64 query rows (one wgmma on sm_90); fp32 operands take twice
+        # the registers of half ones, so 32-key tiles, and 8 warps at D = 128. 3xtf32 splits every
+        # operand into high and low parts: 16-key tiles, and on sm_80 32 query rows at D = 128.
+        x3 = precision == "tf32x3"
+        block_m = 32 if x3 and arch < 90 and D > 64 else 64
+        return dict(BLOCK_M=block_m, BLOCK_N=16 if x3 else 32, num_warps=8 if D > 64 else 4, num_stages=1, **blocks)
     if arch < 90:
         # sm_80's mma.sync operands and the fp32 rotary halves share the register file: at D = 128
         # 16-key tiles, and one stage fewer for the smallest heads, keep them from spilling.
@@ -447,46 +498,80 @@ def _cuda_tiles(D: int, dtype: torch.dtype, arch: int = 90) -> dict:
     return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, **blocks)
 
 
-def _cuda_bwd_tiles(D: int, dtype: torch.dtype, arch: int = 90, dq: bool = False) -> dict:
+def _cuda_bwd_tiles(D: int, dtype: torch.dtype, arch: int, precision: str, dq: bool) -> dict:
     """Tiles of a backward launch on sm_<arch>: ``dq`` (each program holds BLOCK_M queries, key tiles
     stream past) or dk/dv (each holds BLOCK_N keys, query tiles stream past). The backward keeps
-    q, k, v, dO and two or three accumulators live, so tiles are smaller than the forward's.
-    Chosen from sm_90 and sm_80 AOT compiles (profiling/compile_report.py): the largest tiles
-    without register spills, 64 rows held on sm_90 (its wgmma wants 64-row operands)."""
+    q, k, v, dO and two or three accumulators live, so tiles are smaller than the forward's; where
+    even small tiles spill, dk/dv is split over two programs per key tile (``SPLIT_DKDV``).
+    Chosen from sm_90 and sm_80 AOT compiles under triton 3.6 and 3.9 (profiling/compile_report.py):
+    the largest tiles without register spills, 64 rows held on sm_90 (its wgmma wants 64-row
+    operands: with fewer it falls back to mma.sync)."""
     blocks = _blocks(D)
-    if dtype == torch.float32:
+    if dtype == torch.float32 and (precision == "ieee" or D > 64):
+        # fp32 at D = 128 (ESM-2 15B): every tensor-core tile tried spills on sm_90 (dq 64 x 16: 96-920 B,
+        # dk/dv split: 256-280 B) and 3xTF32's dk/dv on sm_80 (16 B), so it runs full fp32 dots on FMA
+        # units at every precision setting: slower than TF32, never less precise than asked.
         block = 32 if D <= 32 else 16
         warps = 8 if D > 64 and not dq else 4
-        return dict(BLOCK_M=block, BLOCK_N=block, num_warps=warps, num_stages=1, **blocks)
+        pinned = {} if precision == "ieee" else dict(DOT_PRECISION="ieee")
+        return dict(BLOCK_M=block, BLOCK_N=block, num_warps=warps, num_stages=1, **blocks, **pinned)
+    if dtype == torch.float32:
+        return _tf32_bwd_tiles(D, arch, precision, dq, blocks)
     if arch < 90:
         if dq and D == 64:  # 32-query tiles at D = 64 spill kilobytes on sm_80
             return dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=1, **blocks)
+        if dq and D > 64:  # 32 x 32 spills under triton 3.6
+            return dict(BLOCK_M=32, BLOCK_N=16, num_warps=8, num_stages=1, **blocks)
         return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4 if D <= 32 else 8, num_stages=1, **blocks)
-    held, streamed = 64, 32
+    warps = 4 if D <= 32 else 8
+    if dq:  # at D = 128 16-key tiles: 32-key ones spill under triton 3.6
+        return dict(BLOCK_M=64, BLOCK_N=16 if D > 64 else 32, num_warps=warps, num_stages=1, **blocks)
+    if D > 64:  # every unsplit 64-key tile spills at D = 128 (224 to 1850 bytes, 4 to 16 warps)
+        return dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=1, SPLIT_DKDV=True, **blocks)
+    return dict(BLOCK_M=32, BLOCK_N=64, num_warps=warps, num_stages=1, **blocks)
+
+
+def _tf32_bwd_tiles(D: int, arch: int, precision: str, dq: bool, blocks: dict) -> dict:
+    """Backward tiles of fp32 on tensor cores (tf32, 3xtf32, which splits every operand into high and
+    low parts) for D <= 64: fp32 operands take twice the registers of half ones, so 16-row streamed
+    tiles. sm_90 holds 64 rows (wgmma) and splits 3xtf32's dk/dv, which would spill; sm_80's mma.sync
+    takes any rows."""
+    if arch < 90:
+        if precision == "tf32x3":
+            return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1, **blocks)
+        if dq:  # 64 held queries spill at D = 64
+            return dict(BLOCK_M=16 if D == 64 else 64, BLOCK_N=16, num_warps=4, num_stages=1, **blocks)
+        return dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=1, **blocks)
+    warps = 4 if D <= 32 else 8
     if dq:
-        return dict(BLOCK_M=held, BLOCK_N=streamed, num_warps=4 if D <= 32 else 8, num_stages=1, **blocks)
-    if D > 64:  # no 64-key tile fits without spills (see _aot_listed): sm_80's, on mma.sync
-        return _cuda_bwd_tiles(D, dtype, 80, dq)
-    return dict(BLOCK_M=streamed, BLOCK_N=held, num_warps=4 if D <= 32 else 8, num_stages=1, **blocks)
+        return dict(BLOCK_M=64, BLOCK_N=16, num_warps=warps, num_stages=1, **blocks)
+    split = dict(SPLIT_DKDV=True) if precision == "tf32x3" else {}
+    return dict(BLOCK_M=16, BLOCK_N=64, num_warps=warps, num_stages=1, **split, **blocks)
 
 
-def _aot_listed(kind: str, D: int, dtype: torch.dtype, arch: int) -> bool:
-    """Whether :func:`aot_configs` lists the launch. One is not: dk/dv at D = 128 in half precision.
-    On sm_90 every 64-key tile tried spills (32 x 64 with 4/8/16 warps, 64 x 64, 16 x 64, 16 x 128:
-    224 to 1850 bytes), and the 32-key tile it launches instead compiles without spills but to
-    mma.sync (HMMA), which the compile report rejects on sm_90; the report wants each config on
-    every arch, so sm_80's (clean) is left out too. Known gap, to be tuned on a GPU."""
-    return not (kind == "bwd_dkdv" and dtype != torch.float32 and D > 64)
+def _kind_tiles(kind: str, D: int, dtype: torch.dtype, precision: str, arch: int) -> dict:
+    """The CUDA tiles of one launch kind (one of :data:`_KINDS`): what the launcher launches and
+    what :func:`aot_configs` compiles, one function of (kind, D, dtype, dot precision, arch)."""
+    if kind.startswith("fwd"):
+        return _cuda_tiles(D, dtype, arch, precision)
+    return _cuda_bwd_tiles(D, dtype, arch, precision, dq=kind == "bwd_dq")
 
 
-def _launch_config(D: int, dtype: torch.dtype, device: torch.device, backward: str | None = None) -> dict:
-    """The launch's tiles (``backward``: "dkdv" or "dq" for the backward's launches); the interpreter
-    gets small ones so short test sequences loop over tiles."""
-    if interpreting():
-        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1, **_blocks(D))
-    if backward:
-        return _cuda_bwd_tiles(D, dtype, cuda_arch(device), dq=backward == "dq")
-    return _cuda_tiles(D, dtype, cuda_arch(device))
+def _smaller(tiles: dict) -> dict:
+    """The next smaller configuration, tried once when a launch runs out of GPU resources: the larger
+    of BLOCK_M / BLOCK_N halved (at least 16), one stage."""
+    big = "BLOCK_M" if tiles["BLOCK_M"] >= tiles["BLOCK_N"] else "BLOCK_N"
+    return {**tiles, big: max(16, tiles[big] // 2), "num_stages": 1}
+
+
+def _launch_config(kind: str, D: int, dtype: torch.dtype, device: torch.device) -> dict:
+    """The tiles of a launch of ``kind`` on ``device`` (see :func:`~fastfold_kernels.utils.launch_arch`):
+    the CUDA tiles of its arch, or under the interpreter :data:`_INTERPRETER_TILES` (unless a test
+    emulates an arch)."""
+    arch = launch_arch(device)
+    if arch is None:
+        return dict(_INTERPRETER_TILES, **_blocks(D))
+    return _kind_tiles(kind, D, dtype, dot_precision(dtype), arch)
 
 
 def _rotary_attention_fwd_launch(q, k, v, cos, sin, key_padding_mask, scale, out, lse=None):
@@ -505,19 +590,25 @@ def _rotary_attention_fwd_launch(q, k, v, cos, sin, key_padding_mask, scale, out
     prepared = (q, k, v, cos, sin, mask, stride_mb, scale, out)
     if B * L * H == 0:
         return prepared
-    cfg = _launch_config(D, q.dtype, q.device)
-    grid = (triton.cdiv(L, cfg["BLOCK_M"]) * B * H,)
-    _rotary_attention_fwd[grid](
-        q, k, v, cos, sin, mask, out, q if lse is None else lse,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        stride_mb,
-        out.stride(0), out.stride(1), out.stride(2),
-        L, H, D, scale * LOG2E.value,
-        **attention_launch(cfg, key_padding_mask is not None, q.dtype),
-        STORE_LSE=lse is not None,
-    )
+    kind = "fwd" if lse is None else "fwd_lse"
+    has_mask = key_padding_mask is not None
+
+    def launch(tiles: dict) -> None:
+        grid = (triton.cdiv(L, tiles["BLOCK_M"]) * B * H,)
+        _rotary_attention_fwd[grid](
+            q, k, v, cos, sin, mask, out, q if lse is None else lse,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            stride_mb,
+            out.stride(0), out.stride(1), out.stride(2),
+            L, H, D, scale * LOG2E.value,
+            **attention_launch(tiles, has_mask, q.dtype),
+            STORE_LSE=lse is not None,
+        )  # fmt: skip
+
+    cfg = _launch_config(kind, D, q.dtype, q.device)
+    launch_with_fallback(f"rotary_attention {kind}", cfg, _smaller(cfg), launch)
     return prepared
 
 
@@ -545,19 +636,31 @@ class _RotaryAttentionFn(torch.autograd.Function):
         delta = (do.float() * out.float()).sum(-1).transpose(1, 2).contiguous()  # [B, H, L] fp32
         dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
         if B * L * H:
-            for is_dq in (False, True):
-                cfg = _launch_config(D, q.dtype, q.device, backward="dq" if is_dq else "dkdv")
-                block = cfg["BLOCK_M"] if is_dq else cfg["BLOCK_N"]  # the tile each program holds
-                _rotary_attention_bwd[(triton.cdiv(L, block) * B * H,)](
-                    q, k, v, cos, sin, mask, do, lse, delta, dq, dk, dv,
-                    q.stride(0), q.stride(1), q.stride(2),
-                    k.stride(0), k.stride(1), k.stride(2),
-                    v.stride(0), v.stride(1), v.stride(2),
-                    ctx.stride_mb,
-                    do.stride(0), do.stride(1), do.stride(2),
-                    L, H, D, ctx.scale * LOG2E.value, ctx.scale,
-                    **attention_launch(cfg, ctx.has_mask, q.dtype), DQ=is_dq,
-                )  # fmt: skip
+            for kind in ("bwd_dkdv", "bwd_dq"):
+                is_dq = kind == "bwd_dq"
+                # dq needs no mask: a padding key's dS column multiplies only its own k row, so with those rows
+                # zeroed the unmasked kernel gives the masked dq exactly (and no masked dq kernel is compiled:
+                # at D = 128 in half precision it spills on sm_90 under triton 3.6).
+                keys, has_mask = k, ctx.has_mask
+                if is_dq and has_mask:
+                    keys, has_mask = k.masked_fill(mask.view(torch.bool)[:, :, None, None], 0), False
+
+                def launch(tiles: dict, is_dq: bool = is_dq, keys=keys, has_mask: bool = has_mask) -> None:
+                    block = tiles["BLOCK_M"] if is_dq else tiles["BLOCK_N"]  # the tile each program holds
+                    programs = triton.cdiv(L, block) * (2 if tiles.get("SPLIT_DKDV") else 1)
+                    _rotary_attention_bwd[(programs * B * H,)](
+                        q, keys, v, cos, sin, mask, do, lse, delta, dq, dk, dv,
+                        q.stride(0), q.stride(1), q.stride(2),
+                        keys.stride(0), keys.stride(1), keys.stride(2),
+                        v.stride(0), v.stride(1), v.stride(2),
+                        ctx.stride_mb,
+                        do.stride(0), do.stride(1), do.stride(2),
+                        L, H, D, ctx.scale * LOG2E.value, ctx.scale,
+                        **attention_launch(tiles, has_mask, q.dtype), DQ=is_dq,
+                    )  # fmt: skip
+
+                cfg = _launch_config(kind, D, q.dtype, q.device)
+                launch_with_fallback(f"rotary_attention {kind}", cfg, _smaller(cfg), launch)
         return dq, dk, dv, None, None, None, None
 
 
@@ -573,7 +676,9 @@ def rotary_attention(q, k, v, cos, sin, key_padding_mask=None, scale=None, out=N
         out: optional [B, L, H, D] buffer of q's dtype (unit stride on D) to write into; not allowed
             under autograd.
     Returns:
-        [B, L, H, D] in q's dtype.
+        [B, L, H, D] in q's dtype. fp32 inputs multiply at ``torch.get_float32_matmul_precision()``
+        ("highest": full fp32, "high": 3xTF32, "medium": TF32; see
+        :func:`~fastfold_kernels.utils.dot_precision`), read at each launch.
 
     Differentiable in q, k, v: with grad enabled and any of them requiring grad, the backward is a
     fused Triton kernel. cos, sin and the mask are constants (an error if cos/sin require grad).
@@ -595,13 +700,6 @@ def rotary_attention(q, k, v, cos, sin, key_padding_mask=None, scale=None, out=N
     return _rotary_attention_fwd_launch(q, k, v, cos, sin, key_padding_mask, scale, out)[-1]
 
 
-def _kind_tiles(kind: str, D: int, dtype: torch.dtype, arch: int) -> dict:
-    """The CUDA tiles of one launch kind: "fwd", "fwd_lse" (the forward under autograd), "bwd_dkdv", "bwd_dq"."""
-    if kind.startswith("fwd"):
-        return _cuda_tiles(D, dtype, arch)
-    return _cuda_bwd_tiles(D, dtype, arch, dq=kind == "bwd_dq")
-
-
 def _aot_signature(tname: str, has_mask: bool, pointers: tuple, ints: tuple, floats: tuple) -> dict[str, str]:
     """An AOT signature: q/k/v-like pointers in the activation dtype, fp32 tables and statistics."""
     fp32_ptrs = {"cos_ptr", "sin_ptr", "lse_ptr", "delta_ptr"}
@@ -619,38 +717,58 @@ _STRIDES = (
 )  # fmt: skip
 
 
+def _precision_tag(dtype: torch.dtype, precision: str) -> str:
+    """How a config name spells its dtype: fp32 ones with their dot precision (``fp32_tf32x3``)."""
+    tname = TRITON_DTYPES[dtype]
+    return f"{tname}_{precision}" if dtype == torch.float32 else tname
+
+
+def _aot_launch(kind: str, tname: str, tiles: dict, has_mask: bool, dtype: torch.dtype, precision: str):
+    """The kernel, AOT signature and launch keywords of one launch of ``kind``."""
+    launch = attention_launch(tiles, has_mask, dtype, aot_precision=precision)
+    if kind.startswith("fwd"):
+        launch["STORE_LSE"] = kind == "fwd_lse"
+        signature = _aot_signature(tname, has_mask, _FWD_PTRS, (*_STRIDES, *_OUT_STRIDES, *_SIZES), ("qk_scale",))
+        if kind == "fwd":  # lse_ptr is q then, never read
+            signature["lse_ptr"] = f"*{tname}"
+        return _rotary_attention_fwd, signature, launch
+    launch["DQ"] = kind == "bwd_dq"
+    signature = _aot_signature(tname, has_mask, _BWD_PTRS, (*_STRIDES, *_GRAD_STRIDES, *_SIZES), ("qk_scale", "scale"))
+    return _rotary_attention_bwd, signature, launch
+
+
+_FWD_PTRS = ("q_ptr", "k_ptr", "v_ptr", "cos_ptr", "sin_ptr", "mask_ptr", "out_ptr", "lse_ptr")
+_BWD_PTRS = ("q_ptr", "k_ptr", "v_ptr", "cos_ptr", "sin_ptr", "mask_ptr", "do_ptr", "lse_ptr", "delta_ptr",
+             "dq_ptr", "dk_ptr", "dv_ptr")  # fmt: skip
+_OUT_STRIDES = ("stride_ob", "stride_ol", "stride_oh")
+_GRAD_STRIDES = ("stride_gb", "stride_gl", "stride_gh")
+_SIZES = ("L", "H", "D")
+
+
 def aot_configs(arch: int = 90) -> list[AOTConfig]:
     """Every distinct launch of :func:`rotary_attention` the ESM-2 models make on sm_<arch>.
 
-    Head dims of all ESM-2 sizes x fp16 (ESMFold's LM) / bf16 / fp32 x with and without padding
-    mask. D is a runtime argument, so head dims with the same tiles (24 and 32: both pad to 32)
-    run one compiled kernel, listed once and named by the dims it serves. Under autograd the
+    Head dims of all ESM-2 sizes x fp16 (ESMFold's LM) / bf16 / fp32 (under each dot precision
+    ``torch.get_float32_matmul_precision()`` can select: ieee, tf32x3, tf32) x with and without
+    padding mask. D is a runtime argument, so head dims with the same tiles (24 and 32: both pad to
+    32) run one compiled kernel, listed once and named by the dims it serves. Under autograd the
     forward also stores the log2-sum-exp2 (``_lse``) and the backward launches twice (``bwd_dkdv``,
-    ``bwd_dq``).
+    ``bwd_dq``; dq always unmasked, its padding keys zeroed instead).
     """
-    fwd_ptrs = ("q_ptr", "k_ptr", "v_ptr", "cos_ptr", "sin_ptr", "mask_ptr", "out_ptr", "lse_ptr")
-    fwd_ints = (*_STRIDES, "stride_ob", "stride_ol", "stride_oh", "L", "H", "D")
-    bwd_ptrs = ("q_ptr", "k_ptr", "v_ptr", "cos_ptr", "sin_ptr", "mask_ptr", "do_ptr", "lse_ptr", "delta_ptr",
-                "dq_ptr", "dk_ptr", "dv_ptr")  # fmt: skip
-    bwd_ints = (*_STRIDES, "stride_gb", "stride_gl", "stride_gh", "L", "H", "D")
     configs = []
     for dtype, tname in TRITON_DTYPES.items():
-        for kind in ("fwd", "fwd_lse", "bwd_dkdv", "bwd_dq"):
-            by_tiles: dict[tuple, tuple[dict, list[int]]] = {}
-            for D in filter(lambda D: _aot_listed(kind, D, dtype, arch), _HEAD_DIMS):
-                tiles = _kind_tiles(kind, D, dtype, arch)
-                by_tiles.setdefault(tuple(sorted(tiles.items())), (tiles, []))[1].append(D)
-            for tiles, dims in by_tiles.values():
-                for has_mask in (False, True):
-                    launch = attention_launch(tiles, has_mask, dtype, aot=True)
-                    if kind.startswith("fwd"):
-                        fn, launch["STORE_LSE"] = _rotary_attention_fwd, kind == "fwd_lse"
-                        signature = _aot_signature(tname, has_mask, fwd_ptrs, fwd_ints, ("qk_scale",))
-                        if kind == "fwd":  # lse_ptr is q then, never read
-                            signature["lse_ptr"] = f"*{tname}"
-                    else:
-                        fn, launch["DQ"] = _rotary_attention_bwd, kind == "bwd_dq"
-                        signature = _aot_signature(tname, has_mask, bwd_ptrs, bwd_ints, ("qk_scale", "scale"))
-                    name = f"rotary_attention_{kind}_{tname}_d{'-'.join(map(str, dims))}{'_mask' if has_mask else ''}"
-                    configs.append(aot_config(name, fn, signature, launch, uses_dot=True))
+        for precision in aot_precisions(dtype):
+            for kind in _KINDS:
+                by_tiles: dict[tuple, tuple[dict, list[int]]] = {}
+                for D in _HEAD_DIMS:
+                    tiles = _kind_tiles(kind, D, dtype, precision, arch)
+                    if tiles.get("DOT_PRECISION", precision) != precision:
+                        continue  # pinned to another precision: that precision's config is the launch
+                    by_tiles.setdefault(tuple(sorted(tiles.items())), (tiles, []))[1].append(D)
+                for tiles, dims in by_tiles.values():
+                    for has_mask in _MASKED[kind]:
+                        fn, signature, launch = _aot_launch(kind, tname, tiles, has_mask, dtype, precision)
+                        name = (f"rotary_attention_{kind}_{_precision_tag(dtype, precision)}"
+                                f"_d{'-'.join(map(str, dims))}{'_mask' if has_mask else ''}")  # fmt: skip
+                        configs.append(aot_config(name, fn, signature, launch, uses_dot=True))
     return configs

@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from .utils import (
-    LOG2E, TRITON_DTYPES, AOTConfig, aot_config, attention_launch, attention_operands, cuda_arch, dot,
-    dot_block, interpreting, recompute_backward, records_grad, require_triton, tl, triton,
+    LOG2E, TRITON_DTYPES, AOTConfig, aot_config, aot_precisions, attention_launch, attention_operands, dot,
+    dot_block, dot_precision, launch_arch, launch_with_fallback, recompute_backward, records_grad,
+    require_triton, tl, triton,
 )  # fmt: skip
 
 __all__ = [
@@ -224,16 +225,28 @@ def _triangle_attention_fwd(
     tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
 
 
-def _cuda_tiles(D: int, dtype: torch.dtype, arch: int = 90) -> dict:
-    """Tile sizes, warps and stages of the CUDA launch on sm_<arch> (ESMFold's H=4 / H=32 with D=32).
+# What the interpreter launches: small tiles, so short test rows loop over several of them.
+_INTERPRETER_TILES = dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
+
+
+def _cuda_tiles(D: int, dtype: torch.dtype, arch: int, precision: str) -> dict:
+    """Tile sizes, warps and stages of the CUDA launch on sm_<arch> for q/k/v of ``dtype`` and the dots'
+    ``precision`` (see :func:`~fastfold_kernels.utils.dot_precision`; ESMFold's H=4 / H=32 with D=32).
+    The launcher and :func:`aot_configs` both take the tiles from here.
 
     Chosen from sm_90 and sm_80 AOT compiles (profiling/compile_report.py): the largest tiles
     without register spills.
     """
     block_d = dot_block(D)
-    if dtype == torch.float32:
+    if dtype == torch.float32 and precision == "ieee":
         # ieee fp32 dots run on FMA units and hold whole tiles in registers: small tiles.
         return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=block_d, num_warps=8, num_stages=2)
+    if dtype == torch.float32:
+        # tf32 / 3xtf32 on tensor cores: 64 query rows (one wgmma on sm_90); fp32 operands take twice
+        # the registers and shared memory of half ones. 3xtf32 splits every operand into high and low
+        # parts: 16-key tiles (32 spill on sm_80).
+        block_n = 16 if precision == "tf32x3" else 32
+        return dict(BLOCK_M=64, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4, num_stages=2)
     if block_d > 64:
         return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=block_d, num_warps=4, num_stages=2)
     # sm_80's mma.sync keeps the logits tile in registers: 64 keys with the mask spill there.
@@ -241,11 +254,20 @@ def _cuda_tiles(D: int, dtype: torch.dtype, arch: int = 90) -> dict:
     return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=8, num_stages=3)
 
 
+def _smaller(tiles: dict) -> dict:
+    """The next smaller configuration, tried once when a launch runs out of GPU resources: the larger
+    of BLOCK_M / BLOCK_N halved (at least 16), one stage."""
+    big = "BLOCK_M" if tiles["BLOCK_M"] >= tiles["BLOCK_N"] else "BLOCK_N"
+    return {**tiles, big: max(16, tiles[big] // 2), "num_stages": 1}
+
+
 def _launch_config(D: int, dtype: torch.dtype, device: torch.device) -> dict:
-    """The launch's tiles; the interpreter gets small ones so short test rows loop over tiles."""
-    if interpreting():
-        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=dot_block(D), num_warps=4, num_stages=1)
-    return _cuda_tiles(D, dtype, cuda_arch(device))
+    """The tiles of a launch on ``device`` (see :func:`~fastfold_kernels.utils.launch_arch`): the CUDA
+    tiles of its arch, or under the interpreter :data:`_INTERPRETER_TILES` (unless a test emulates an arch)."""
+    arch = launch_arch(device)
+    if arch is None:
+        return dict(_INTERPRETER_TILES, BLOCK_D=dot_block(D))
+    return _cuda_tiles(D, dtype, arch, dot_precision(dtype))
 
 
 def triangle_attention(q, k, v, bias, mask=None, scale=None, chunk_size=None, out=None):
@@ -261,9 +283,11 @@ def triangle_attention(q, k, v, bias, mask=None, scale=None, chunk_size=None, ou
         out: optional [B, I, J, H, D] buffer of q's dtype (unit stride on D) to write into;
             inference only (a RuntimeError when autograd records).
     Returns:
-        [B, I, J, H, D] in q's dtype. fp32 inputs use full-precision dots unless
-        ``fastfold_kernels.utils.FP32_DOT_PRECISION`` says otherwise. Differentiable in q, k, v and
-        bias: backward recomputes the forward through :func:`triangle_attention_torch`.
+        [B, I, J, H, D] in q's dtype. fp32 q/k/v multiply at ``torch.get_float32_matmul_precision()``
+        ("highest": full fp32, "high": 3xTF32, "medium": TF32; see
+        :func:`~fastfold_kernels.utils.dot_precision`); the bias may be of another dtype (read as fp32).
+        Differentiable in q, k, v and bias: backward recomputes the forward through
+        :func:`triangle_attention_torch`.
     """
     require_triton()
     _check_inputs(q, k, v, bias, mask)
@@ -293,19 +317,23 @@ def _triangle_attention_kernel(q, k, v, bias, mask, scale, out=None):
         mask_t, stride_mb, stride_mi = q, 0, 0  # never read: HAS_MASK is False
     if B * I * J * H == 0:
         return out
+
+    def launch(tiles: dict) -> None:
+        grid = (triton.cdiv(J, tiles["BLOCK_M"]) * B * I * H,)
+        _triangle_attention_fwd[grid](
+            q, k, v, bias, mask_t, out,
+            q.stride(0), q.stride(1), q.stride(2), q.stride(3),
+            k.stride(0), k.stride(1), k.stride(2), k.stride(3),
+            v.stride(0), v.stride(1), v.stride(2), v.stride(3),
+            bias.stride(0), bias.stride(1), bias.stride(2), bias.stride(3),
+            stride_mb, stride_mi,
+            out.stride(0), out.stride(1), out.stride(2), out.stride(3),
+            I, J, H, D, scale * LOG2E.value,
+            **attention_launch(tiles, mask is not None, q.dtype),
+        )  # fmt: skip
+
     cfg = _launch_config(D, q.dtype, q.device)
-    grid = (triton.cdiv(J, cfg["BLOCK_M"]) * B * I * H,)
-    _triangle_attention_fwd[grid](
-        q, k, v, bias, mask_t, out,
-        q.stride(0), q.stride(1), q.stride(2), q.stride(3),
-        k.stride(0), k.stride(1), k.stride(2), k.stride(3),
-        v.stride(0), v.stride(1), v.stride(2), v.stride(3),
-        bias.stride(0), bias.stride(1), bias.stride(2), bias.stride(3),
-        stride_mb, stride_mi,
-        out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-        I, J, H, D, scale * LOG2E.value,
-        **attention_launch(cfg, mask is not None, q.dtype),
-    )
+    launch_with_fallback("triangle_attention", cfg, _smaller(cfg), launch)
     return out
 
 
@@ -319,26 +347,44 @@ _STRIDE_ARGS = (
 )
 
 
+# (q/k/v dtype, bias dtype) of every launch ESMFold makes, for each model dtype: the trunk's triangle
+# attention runs in the model's dtype; the sequence attention is a float32 island (ESMFold.float32_islands)
+# whose bias comes from the pair track (PairToSequence), in the model's dtype.
+MODEL_LAUNCH_DTYPES = (
+    (torch.float32, torch.float32),
+    (torch.bfloat16, torch.bfloat16),
+    (torch.float16, torch.float16),
+    (torch.float32, torch.bfloat16),
+    (torch.float32, torch.float16),
+)
+
+
 def aot_configs(arch: int = 90) -> list[AOTConfig]:
     """Every launch of :func:`triangle_attention` ESMFold makes on sm_<arch>.
 
     D = 32 covers both the trunk's triangle attention (H = 4) and the pair-biased sequence
-    attention (H = 32; H is a runtime argument). fp32 (the reference trunk precision), bf16 and
-    fp16, with and without a mask.
+    attention (H = 32; H is a runtime argument). Each (q/k/v, bias) dtype pair of
+    :data:`MODEL_LAUNCH_DTYPES`, fp32 q/k/v under each dot precision
+    ``torch.get_float32_matmul_precision()`` can select (ieee, tf32x3, tf32), with and without a mask.
     """
     configs = []
-    for dtype, tname in TRITON_DTYPES.items():
-        tiles = _cuda_tiles(32, dtype, arch)
-        for has_mask in (False, True):
-            signature = {
-                "q_ptr": f"*{tname}", "k_ptr": f"*{tname}", "v_ptr": f"*{tname}",
-                "bias_ptr": f"*{tname}",
-                "mask_ptr": "*fp32" if has_mask else f"*{tname}",
-                "out_ptr": f"*{tname}",
-            }
-            signature.update({name: "i32" for name in _STRIDE_ARGS})
-            signature.update({"I": "i32", "J": "i32", "H": "i32", "D": "i32", "qk_scale": "fp32"})
-            name = f"triangle_attention_fwd_{tname}_d32{'_mask' if has_mask else ''}"
-            launch = attention_launch(tiles, has_mask, dtype, aot=True)
-            configs.append(aot_config(name, _triangle_attention_fwd, signature, launch, uses_dot=True))
+    for dtype, bias_dtype in MODEL_LAUNCH_DTYPES:
+        tname, bname = TRITON_DTYPES[dtype], TRITON_DTYPES[bias_dtype]
+        for precision in aot_precisions(dtype):
+            tiles = _cuda_tiles(32, dtype, arch, precision)
+            tag = f"{tname}_{precision}" if dtype == torch.float32 else tname
+            if bias_dtype != dtype:
+                tag += f"_bias_{bname}"
+            for has_mask in (False, True):
+                signature = {
+                    "q_ptr": f"*{tname}", "k_ptr": f"*{tname}", "v_ptr": f"*{tname}",
+                    "bias_ptr": f"*{bname}",
+                    "mask_ptr": "*fp32" if has_mask else f"*{tname}",  # q without a mask: never read
+                    "out_ptr": f"*{tname}",
+                }  # fmt: skip
+                signature.update({name: "i32" for name in _STRIDE_ARGS})
+                signature.update({"I": "i32", "J": "i32", "H": "i32", "D": "i32", "qk_scale": "fp32"})
+                name = f"triangle_attention_fwd_{tag}_d32{'_mask' if has_mask else ''}"
+                launch = attention_launch(tiles, has_mask, dtype, aot_precision=precision)
+                configs.append(aot_config(name, _triangle_attention_fwd, signature, launch, uses_dot=True))
     return configs

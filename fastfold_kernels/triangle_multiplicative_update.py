@@ -19,7 +19,8 @@ memory-lean PyTorch for the CPU default backend).
 
 All three are differentiable in z and every weight (never in the mask): the torch path switches to
 out-of-place forms whenever autograd records, and the Triton op's backward recomputes the forward
-through the torch path. The torch path's in-place ``add_into_z`` is inference-only.
+through the torch path. The torch and Triton paths also take ``add_into_z=True`` (inference-only):
+z is updated in place to z + update and returned, without a pair-sized update tensor.
 
 ``chunk_size``, as in every op over the pair representation, is an upper bound on the pair rows
 handled per block of work; None chooses. It bounds peak memory, never changes the result, and only
@@ -36,8 +37,8 @@ import torch.nn.functional as F
 
 from .layer_norm import layer_norm_reference
 from .utils import (
-    TRITON_DTYPES, AOTConfig, aot_config, cast_rne, cuda_arch, dot, dot_block, dot_precision, dot_upcast,
-    interpreting, recompute_backward, records_grad, require_triton, tl, triton,
+    TRITON_DTYPES, AOTConfig, aot_config, aot_precisions, cast_rne, dot, dot_block, dot_precision, dot_upcast,
+    launch_arch, launch_with_fallback, recompute_backward, records_grad, require_triton, tl, triton,
 )  # fmt: skip
 
 
@@ -256,9 +257,14 @@ triangle_multiplicative_update_torch.supports_add_into_z = True
 #      straight into the x buffer in [B, L, L, c_h] layout; the x buffer is the output tensor itself
 #      unless z is fp16 (x would overflow fp16) or c_h != c_z.
 #   3. output: row tile by row tile, LN_out(x) @ z_w^T + z_b times the g gate recomputed from z, so
-#      neither LN_in(z) nor g is ever stored; works in place on the output tensor.
-# Extra memory: a and b (twice the pair tensor at c_h == c_z; hidden_chunk trades it for recomputing
-# LN_in), plus an fp32 x buffer for fp16 inputs.
+#      neither LN_in(z) nor g is ever stored; works in place on the output tensor, or with add_into_z
+#      adds the update into z in place (each program reads only the z rows it writes).
+# Extra memory: returning the update, the update tensor plus a and b (twice the pair tensor at
+# c_h == c_z by default; hidden_chunk trades it for recomputing LN_in), plus a separate x buffer for
+# fp16 inputs (fp32) or c_h != c_z. With add_into_z: x (the one pair-sized buffer, fp32 for fp16 z)
+# plus a and b for c_h // 8 channels (a quarter of x): see triangle_multiplicative_update's formula.
+# Tiles: _blocks(dtype, dot precision, arch, c_z); every launch falls back once to half its tiles on
+# OutOfResources (_launch).
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -445,13 +451,47 @@ def _trimul_product_kernel(
 
 
 @triton.jit
+def _row_stats(t, ok, n, eps):
+    """Mean and 1/std of the rows of an fp32 tile [R, BLOCK] whose columns ``ok`` are real."""
+    mean = tl.sum(t, axis=1) / n  # [R]
+    diff = tl.where(ok[None, :], t - mean[:, None], 0.0)
+    return mean, 1.0 / tl.sqrt(tl.sum(diff * diff, axis=1) / n + eps)
+
+
+@triton.jit
+def _ln_linear_streamed(
+    rows, mean, rstd, ln_w, ln_b, w_ptr, b_ptr, p_ok, offs_n, n_ok,
+    N_IN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+):
+    """LN(t) @ W[offs_n]^T + b[offs_n] (fp32 [BLOCK_P, BLOCK_N]) for the rows ``rows`` [BLOCK_P, 1] of t,
+    streaming the N_IN inputs in BLOCK_K slices re-read from memory and normalised with the rows'
+    ``mean``/``rstd`` (the arithmetic of :func:`_ln_rows`): an FMA (ieee) dot keeps each thread's
+    rows of both operands over the whole K in registers, so K stays short."""
+    acc = tl.zeros([BLOCK_P, BLOCK_N], tl.float32)
+    for k0 in range(0, N_IN, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
+        k_ok = offs_k < N_IN
+        t = tl.load(rows + offs_k[None, :], mask=p_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+        lw = tl.load(ln_w + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+        lb = tl.load(ln_b + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+        diff = tl.where(k_ok[None, :], t - mean[:, None], 0.0)
+        tn = cast_rne(diff * rstd[:, None] * lw[None, :] + lb[None, :], DOT_DTYPE)  # [BLOCK_P, BLOCK_K]
+        w = tl.load(
+            w_ptr + offs_n[None, :] * N_IN + offs_k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0
+        )  # [BLOCK_K, BLOCK_N]: W^T slice
+        acc = dot(tn, w, acc, DOT_PRECISION, DOT_UPCAST)
+    return acc + tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+
+
+@triton.jit
 def _trimul_output_kernel(
     X,  # *xdtype [B, L*L, C_H]
     Z,  # *dtype [B, L*L, C_Z]
     LnInW, LnInB, LnOutW, LnOutB,
     Wz, Bz,  # [C_Z, C_H], [C_Z]
     Wg, Bg,  # [C_Z, C_Z], [C_Z]
-    Out,  # *dtype [B, L*L, C_Z]; may be X itself
+    Out,  # *dtype [B, L*L, C_Z]; X itself, or Z itself when ADD_Z
     LL,
     eps,
     C_Z: tl.constexpr,
@@ -460,15 +500,25 @@ def _trimul_output_kernel(
     BLOCK_CH: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    ADD_Z: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
 ):
-    """Kernel 3: out = (LN_out(x) @ z_w^T + z_b) * sigmoid(LN_in(z) @ g_w^T + g_b) for BLOCK_P positions.
+    """Kernel 3: out = (LN_out(x) @ z_w^T + z_b) * sigmoid(LN_in(z) @ g_w^T + g_b) for BLOCK_P positions;
+    with ADD_Z, z + out (rounded once) instead.
 
     The output channels are produced BLOCK_N at a time, so only two [BLOCK_P, BLOCK_N] accumulators
-    are live. The x and z tiles are loaded whole before the first store, so Out may alias X (in
-    place, row tile by row tile).
+    are live. BLOCK_K >= both padded widths: LN_out(x) and LN_in(z) are held whole; smaller (the ieee
+    tiles): each dot streams its K in BLOCK_K slices re-read from x and z (:func:`_ln_linear_streamed`),
+    and BLOCK_N must cover c_z, since with ADD_Z a later step would re-read z columns already written.
+    The x and z tiles are loaded whole before the first store, so Out may alias X. With ADD_Z, Out is
+    Z: a program reads and writes only its own BLOCK_P rows of z, every store's value depends on all
+    of that row's loads (LN_in statistics), and the z slice each step adds is read just before it is
+    overwritten, so the update goes into z in place.
     """
+    STREAM_K: tl.constexpr = BLOCK_K < BLOCK_CH or BLOCK_K < BLOCK_CZ
+    tl.static_assert(not STREAM_K or BLOCK_N >= C_Z, "streamed K needs one output step")
     pid_p = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_p = pid_p.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)  # [BLOCK_P]
@@ -478,25 +528,42 @@ def _trimul_output_kernel(
     offs_c = tl.arange(0, BLOCK_CZ)
     c_ok = offs_c < C_Z
 
-    x = tl.load(
-        X + pid_b * LL * C_H + offs_p[:, None] * C_H + offs_h[None, :], mask=p_ok[:, None] & h_ok[None, :], other=0.0
-    ).to(tl.float32)  # [BLOCK_P, BLOCK_CH]
-    z = tl.load(
-        Z + pid_b * LL * C_Z + offs_p[:, None] * C_Z + offs_c[None, :], mask=p_ok[:, None] & c_ok[None, :], other=0.0
-    ).to(tl.float32)  # [BLOCK_P, BLOCK_CZ]
-    xn = cast_rne(_ln_rows(x, LnOutW, LnOutB, offs_h, h_ok, C_H, eps), Out.dtype.element_ty)  # fp32 statistics
-    zn = cast_rne(_ln_rows(z, LnInW, LnInB, offs_c, c_ok, C_Z, eps), Out.dtype.element_ty)
+    x_rows = X + pid_b * LL * C_H + offs_p[:, None] * C_H  # [BLOCK_P, 1]
+    z_rows = Z + pid_b * LL * C_Z + offs_p[:, None] * C_Z
+    x = tl.load(x_rows + offs_h[None, :], mask=p_ok[:, None] & h_ok[None, :], other=0.0).to(tl.float32)
+    z = tl.load(z_rows + offs_c[None, :], mask=p_ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+    # x [BLOCK_P, BLOCK_CH], z [BLOCK_P, BLOCK_CZ]; LayerNorm statistics in fp32
+    if STREAM_K:
+        x_mean, x_rstd = _row_stats(x, h_ok, C_H, eps)
+        z_mean, z_rstd = _row_stats(z, c_ok, C_Z, eps)
+    else:
+        xn = cast_rne(_ln_rows(x, LnOutW, LnOutB, offs_h, h_ok, C_H, eps), Out.dtype.element_ty)
+        zn = cast_rne(_ln_rows(z, LnInW, LnInB, offs_c, c_ok, C_Z, eps), Out.dtype.element_ty)
     out_rows = Out + pid_b * LL * C_Z + offs_p[:, None] * C_Z  # [BLOCK_P, 1]
     for n0 in range(0, C_Z, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)  # [BLOCK_N] output channels
         n_ok = offs_n < C_Z
-        upd = _linear_t(xn, Wz, Bz, offs_h, h_ok, offs_n, n_ok, C_H, DOT_PRECISION, DOT_UPCAST)  # [BLOCK_P, BLOCK_N]
-        gate = tl.sigmoid(_linear_t(zn, Wg, Bg, offs_c, c_ok, offs_n, n_ok, C_Z, DOT_PRECISION, DOT_UPCAST))
-        tl.store(out_rows + offs_n[None, :], cast_rne(upd * gate, Out.dtype.element_ty), mask=p_ok[:, None] & n_ok[None, :])
+        st_ok = p_ok[:, None] & n_ok[None, :]
+        if STREAM_K:
+            upd = _ln_linear_streamed(
+                x_rows, x_mean, x_rstd, LnOutW, LnOutB, Wz, Bz, p_ok, offs_n, n_ok,
+                C_H, BLOCK_P, BLOCK_N, BLOCK_K, Out.dtype.element_ty, DOT_PRECISION, DOT_UPCAST,
+            )  # fmt: skip
+            g = _ln_linear_streamed(
+                z_rows, z_mean, z_rstd, LnInW, LnInB, Wg, Bg, p_ok, offs_n, n_ok,
+                C_Z, BLOCK_P, BLOCK_N, BLOCK_K, Out.dtype.element_ty, DOT_PRECISION, DOT_UPCAST,
+            )  # fmt: skip
+        else:
+            upd = _linear_t(xn, Wz, Bz, offs_h, h_ok, offs_n, n_ok, C_H, DOT_PRECISION, DOT_UPCAST)  # [BLOCK_P, BLOCK_N]
+            g = _linear_t(zn, Wg, Bg, offs_c, c_ok, offs_n, n_ok, C_Z, DOT_PRECISION, DOT_UPCAST)
+        val = upd * tl.sigmoid(g)
+        if ADD_Z:  # columns [n0, n0 + BLOCK_N) of this program's rows, not written yet
+            val += tl.load(z_rows + offs_n[None, :], mask=st_ok, other=0.0).to(tl.float32)
+        tl.store(out_rows + offs_n[None, :], cast_rne(val, Out.dtype.element_ty), mask=st_ok)
 
 
 class _Blocks(NamedTuple):
-    """Tile sizes and launch options of the three kernels for one dtype."""
+    """Tile sizes and launch options of the three kernels for one (dtype, dot precision, arch)."""
 
     proj_p: int
     proj_h: int
@@ -510,36 +577,47 @@ class _Blocks(NamedTuple):
     prod_stages: int
     out_p: int
     out_n: int  # output channels per step of the output kernel
+    out_k: int  # K slice of the output kernel's dots; 0 = whole (LN_out(x), LN_in(z) held in registers)
     out_warps: int
 
 
-def _blocks(dtype: torch.dtype, arch: int, c_z: int = 128) -> _Blocks:
-    """Tiles for sm_<arch> (90: Hopper, below: Ampere-style mma.sync), chosen from AOT compiles
-    (profiling/compile_report.py) as the largest without register spills that keep tensor cores.
+# The tiles the interpreter runs outside emulate_arch (launch_arch is None there): sm_90's 3xTF32/half
+# tiles under every fp32 precision, as the interpreter tests always have: the fewest programs, so the
+# fastest there (it ignores warps, stages and the precision). The CUDA tiles of every arch and
+# precision run under emulate_arch in tests/test_triangle_multiplicative_update.py.
+_INTERPRETER_ARCH, _INTERPRETER_PRECISION = 90, "tf32x3"
 
-    fp32 operands go through 3xTF32 (3 MMAs per product, hi/lo operand splits) and take twice the
-    shared memory per element. Hopper's wgmma needs 64 rows per warpgroup, so its row tiles stay at
-    64; sm_80's mma.sync holds a [16, K] operand fragment per warp in registers, so in fp32 the
-    projection streams c_z in 32-wide slices and the output kernel takes 32-row tiles.
+
+def _blocks(dtype: torch.dtype, precision: str, arch: int | None, c_z: int = 128) -> _Blocks:
+    """The tiles of a launch in ``dtype`` whose fp32 dots run in ``precision`` (see ``dot_precision``;
+    ignored for fp16/bf16) on sm_<arch> (None, the interpreter: sm_90's 3xTF32 tiles): used by the
+    launcher and by :func:`aot_configs`, chosen from AOT compiles (profiling/compile_report.py) as the largest without
+    register spills under triton 3.6 and 3.9 that keep tensor cores where the dots have them.
+
+    fp32 "tf32x3"/"tf32": 3xTF32 (3 MMAs per product, hi/lo operand splits) or TF32 on tensor cores,
+    twice the shared memory per element of half. Hopper's wgmma needs 64 rows per warpgroup, so its
+    row tiles stay at 64; sm_80's mma.sync holds a [16, K] operand fragment per warp in registers, so
+    there the projection streams c_z in 32-wide slices and the output kernel takes 32-row tiles
+    (3xTF32, whose splits triple the operand fragments: 8 product warps and 16-row output tiles;
+    with TF32's tiles triton 3.6 spilled 8 B in the product and in the adding output kernel).
+    fp32 "ieee": FMA units, no tensor cores; each thread holds its rows of both dot operands over the
+    whole K in registers, so on every arch the projection and the output kernel stream K in 16-wide
+    slices (the output kernel then makes all c_z output channels in one step).
     """
+    if arch is None:
+        arch, precision = _INTERPRETER_ARCH, _INTERPRETER_PRECISION
     block_cz = dot_block(c_z)
     if dtype == torch.float32:
+        if precision == "ieee":
+            return _Blocks(32, 16, 16, 4, 1, 64, 64, 16, 4, 2, 32, block_cz, 16, 8)
         if arch >= 90:
-            return _Blocks(64, 16, block_cz, 4, 1, 64, 64, 32, 4, 3, 64, 32, 4)
-        return _Blocks(64, 16, 32, 4, 1, 64, 64, 32, 4, 3, 32, 64, 8)
+            return _Blocks(64, 16, block_cz, 4, 1, 64, 64, 32, 4, 3, 64, 32, 0, 4)
+        if precision == "tf32x3":  # its hi/lo operand splits: 8 product warps, 16-row output tiles
+            return _Blocks(64, 16, 32, 4, 1, 64, 64, 32, 8, 3, 16, 64, 0, 8)
+        return _Blocks(64, 16, 32, 4, 1, 64, 64, 32, 4, 3, 32, 64, 0, 8)
     if arch >= 90:
-        return _Blocks(64, 32, block_cz, 4, 2, 128, 128, 32, 8, 3, 64, 128, 4)
-    return _Blocks(64, 32, block_cz, 4, 2, 128, 128, 32, 8, 3, 32, 128, 4)
-
-
-def _launch_blocks(dtype: torch.dtype, device: torch.device, c_z: int) -> _Blocks:
-    """The launch's tiles: the interpreter takes sm_90's (any fit; it ignores warps and stages)."""
-    return _blocks(dtype, 90 if interpreting() else cuda_arch(device), c_z)
-
-
-def _dot_precision(dtype: torch.dtype) -> str:
-    # fp32 is exact-ish through 3xTF32 on tensor cores; plain TF32 would cost ~1e-3 relative error.
-    return dot_precision(dtype, fp32="tf32x3")
+        return _Blocks(64, 32, block_cz, 4, 2, 128, 128, 32, 8, 3, 64, 128, 0, 4)
+    return _Blocks(64, 32, block_cz, 4, 2, 128, 128, 32, 8, 3, 32, 128, 0, 4)
 
 
 # Keyword arguments (constexprs, warps, stages) of the three kernels' launches, shared by the launcher
@@ -561,12 +639,47 @@ def _product_launch(blk: _Blocks, c_h: int, prec: str, upcast: bool) -> dict:
     )  # fmt: skip
 
 
-def _output_launch(blk: _Blocks, c_z: int, c_h: int, prec: str, upcast: bool) -> dict:
+def _output_launch(blk: _Blocks, c_z: int, c_h: int, add_z: bool, prec: str, upcast: bool) -> dict:
     return dict(
         C_Z=c_z, C_H=c_h, BLOCK_CZ=dot_block(c_z), BLOCK_CH=dot_block(c_h), BLOCK_P=blk.out_p, BLOCK_N=blk.out_n,
-        DOT_PRECISION=prec, DOT_UPCAST=upcast,
+        BLOCK_K=blk.out_k or max(dot_block(c_z), dot_block(c_h)), ADD_Z=add_z, DOT_PRECISION=prec, DOT_UPCAST=upcast,
         num_warps=blk.out_warps, num_stages=1,
     )  # fmt: skip
+
+
+# The tiles each kernel's next smaller configuration halves after an OutOfResources (their shared
+# memory and registers scale with them); 16 is tl.dot's minimum. The output kernel keeps BLOCK_N,
+# which its streamed-K (ieee) form needs to cover c_z.
+_SHRINK = {
+    "trimul_project": ("BLOCK_P", "BLOCK_K"),
+    "trimul_product": ("BLOCK_M", "BLOCK_N"),
+    "trimul_output": ("BLOCK_P",),
+}
+
+
+def _smaller(op: str, launch: dict) -> dict:
+    """The next smaller configuration of ``launch``: :data:`_SHRINK`'s tiles halved, one stage."""
+    return {**launch, **{k: max(16, launch[k] // 2) for k in _SHRINK[op]}, "num_stages": 1}
+
+
+def _launch(op: str, kernel, grid, args: tuple, launch: dict) -> None:
+    """``kernel[grid(config)](*args, **config)`` through ``launch_with_fallback``: on OutOfResources,
+    once more with :func:`_smaller`'s configuration (grid: config -> the launch grid)."""
+    launch_with_fallback(op, launch, _smaller(op, launch), lambda cfg: kernel[grid(cfg)](*args, **cfg))
+
+
+# With add_into_z (and no hidden_chunk), a and b hold 1/_ADD_INTO_Z_CHUNK_DIV of the hidden channels at
+# once: together at most a quarter of the x buffer, for recomputing LN_in and the projections'
+# z tiles that many times (z is read once per chunk; the projection FLOPs are the same).
+_ADD_INTO_Z_CHUNK_DIV = 8
+
+
+def _hidden_chunk(c_h: int, hidden_chunk: int | None, add_into_z: bool) -> int:
+    """Hidden channels whose a and b are held at once: ``hidden_chunk``, else c_h // 8 (at least 1)
+    with add_into_z, else all c_h."""
+    if hidden_chunk:
+        return min(c_h, int(hidden_chunk))
+    return max(1, c_h // _ADD_INTO_Z_CHUNK_DIV) if add_into_z else c_h
 
 
 def triangle_multiplicative_update(
@@ -577,106 +690,164 @@ def triangle_multiplicative_update(
     eps: float = 1e-5,
     chunk_size: int | None = None,
     hidden_chunk: int | None = None,
+    add_into_z: bool = False,
 ) -> torch.Tensor:
-    """Triton Algorithms 11/12: z [B, L, L, c_z], mask [B, L, L] or None -> update [B, L, L, c_z].
+    """Triton Algorithms 11/12: z [B, L, L, c_z], mask [B, L, L] or None -> update [B, L, L, c_z], or
+    with ``add_into_z`` z itself, updated in place to z + update.
 
-    fp16, bf16 and fp32 inputs; projections and the triangle product accumulate in fp32.
+    fp16, bf16 and fp32 inputs; projections and the triangle product accumulate in fp32, and fp32
+    dots run in the precision ``torch.get_float32_matmul_precision()`` selects (``dot_precision``:
+    "highest" -> full fp32 on FMA units, "high" -> 3xTF32, "medium" -> TF32).
     ``chunk_size`` (pair rows per block) is accepted and ignored: the kernels' memory does not depend
-    on rows. ``hidden_chunk``: hidden channels whose a and b are held at once (None: all of them).
+    on rows. ``hidden_chunk``: hidden channels whose a and b are held at once (None: all of them, or
+    c_h // 8 with ``add_into_z``).
+
+    Extra memory with ``add_into_z`` (inference, contiguous z), in bytes:
+    ``B L^2 (c_h s_x + 2 n s_z)`` with s_z z's element size, s_x = 4 for fp16 z (x is kept in fp32)
+    else s_z, n = ``hidden_chunk`` or max(1, c_h // 8) (a, b: a quarter of x at most), plus
+    ``4 B L^2`` for a mask that is not contiguous fp32 already, weights not in z's dtype cast to it,
+    and ``8 c_h`` for LN_out's weights in fp32 (a z that is not contiguous costs a contiguous copy
+    more: the kernels update it, then it is copied into z). Without it: the update
+    (``B L^2 c_z s_z``), a and b (``2 B L^2 n s_z``, n = c_h by default), and x when it cannot live in
+    the update (c_h != c_z or fp16).
+
     Differentiable in z and every weight: backward recomputes the forward through
-    :func:`triangle_multiplicative_update_torch` (with ``chunk_size``).
+    :func:`triangle_multiplicative_update_torch` (with ``chunk_size``). ``add_into_z`` is
+    inference-only: a RuntimeError when autograd records.
     """
     require_triton()
     _check_inputs(z, mask, w)
     if z.dtype not in TRITON_DTYPES:
         raise TypeError(f"triangle_multiplicative_update (triton) supports fp16/bf16/fp32, got {z.dtype}")
+    if add_into_z:
+        if records_grad(z, *w):
+            raise RuntimeError(
+                "triangle_multiplicative_update: add_into_z=True updates z in place and is inference-only; "
+                "with autograd recording (an input requires grad) add the returned update instead "
+                "(z + triangle_multiplicative_update(...)) or run under torch.no_grad()"
+            )
+        return _trimul_kernels(z, mask, w, outgoing, eps, hidden_chunk, add_into_z=True)
     return recompute_backward(
-        lambda z, *w: _trimul_kernels(z, mask, TriMulWeights(*w), outgoing, eps, hidden_chunk),
+        lambda z, *w: _trimul_kernels(z, mask, TriMulWeights(*w), outgoing, eps, hidden_chunk, add_into_z=False),
         lambda z, *w: triangle_multiplicative_update_torch(z, mask, TriMulWeights(*w), outgoing, eps, chunk_size),
         z, *w,
     )  # fmt: skip
 
 
-def _trimul_kernels(z, mask, w, outgoing, eps, hidden_chunk):
-    """The three launches of :func:`triangle_multiplicative_update` (inputs already checked)."""
+# Lets the trunk ask for the in-place form (TriangleMultiplicativeUpdate.add_to_).
+triangle_multiplicative_update.supports_add_into_z = True
+
+
+def _trimul_kernels(z, mask, w, outgoing, eps, hidden_chunk, add_into_z):
+    """The three launches of :func:`triangle_multiplicative_update` (inputs already checked): the update,
+    or with ``add_into_z`` z updated in place."""
     B, L, c_z, c_h = _check_inputs(z, mask, w)
     dt = z.dtype
-    z = z.contiguous()
+    zc = z.contiguous()  # with add_into_z the kernels update zc, copied back into z if it is not z
     wt = TriMulWeights(*(t.to(dt).contiguous() for t in w))
-    out = torch.empty((B, L, L, c_z), dtype=dt, device=z.device)
     x_dtype = torch.float32 if dt == torch.float16 else dt  # x overflows fp16 before LN_out
-    x = out if (c_h == c_z and x_dtype == dt) else torch.empty((B, L, L, c_h), dtype=x_dtype, device=z.device)
-    if B == 0 or L == 0:
+    if add_into_z:
+        out = zc
+        x = torch.empty((B, L, L, c_h), dtype=x_dtype, device=z.device)  # the one pair-sized buffer
+    else:
+        out = torch.empty((B, L, L, c_z), dtype=dt, device=z.device)
+        x = out if (c_h == c_z and x_dtype == dt) else torch.empty((B, L, L, c_h), dtype=x_dtype, device=z.device)
+    if B and L:
+        n_chunk = _hidden_chunk(c_h, hidden_chunk, add_into_z)
+        _trimul_launches(zc, mask, wt, w, x, out, outgoing, eps, n_chunk, add_into_z)
+    if not add_into_z:
         return out
+    if zc is not z:
+        z.copy_(zc)
+    return z
+
+
+def _trimul_launches(z, mask, wt, w, x, out, outgoing, eps, n_chunk, add_z):
+    """Project and product per chunk of ``n_chunk`` hidden channels (a, b [B, n_chunk, L, L]) into x,
+    then the output kernel into ``out`` (z itself when ``add_z``). z contiguous, wt in z's dtype."""
+    B, L, _, c_z = z.shape
+    c_h = x.shape[-1]
+    dt = z.dtype
+    LL = L * L
+    prec = dot_precision(dt)
+    upcast = dot_upcast(dt)
+    blk = _blocks(dt, prec, launch_arch(z.device), c_z)
     maskf = mask.to(torch.float32).contiguous() if mask is not None else z
-    n_chunk = min(c_h, hidden_chunk) if hidden_chunk else c_h
     a = torch.empty((B, n_chunk, L, L), dtype=dt, device=z.device)
     b = torch.empty_like(a)
-    LL = L * L
-    blk = _launch_blocks(dt, z.device, c_z)
-    prec = _dot_precision(dt)
-    upcast = dot_upcast(dt)
     if outgoing:  # x_c = a_c @ b_c^T
         a_strides, b_strides = (L, 1), (1, L)
     else:  # x_c = a_c^T @ b_c
         a_strides, b_strides = (1, L), (L, 1)
     for h0 in range(0, c_h, n_chunk):
         n = min(n_chunk, c_h - h0)
-        _trimul_project_kernel[(triton.cdiv(LL, blk.proj_p), B)](
+        project_args = (
             z, maskf, wt.ln_in_weight, wt.ln_in_bias,
             wt.a_p_weight, wt.a_p_bias, wt.a_g_weight, wt.a_g_bias,
             wt.b_p_weight, wt.b_p_bias, wt.b_g_weight, wt.b_g_bias,
             a, b, LL, h0, n, n_chunk * LL, eps,
-            **_project_launch(blk, c_z, c_h, mask is not None, prec, upcast),
         )  # fmt: skip
-        grid = (n, triton.cdiv(L, blk.prod_m) * triton.cdiv(L, blk.prod_n), B)
-        _trimul_product_kernel[grid](
-            a, b, x, L, n_chunk * LL, *a_strides, *b_strides, h0, **_product_launch(blk, c_h, prec, upcast)
-        )
+        _launch(
+            "trimul_project", _trimul_project_kernel, lambda cfg: (triton.cdiv(LL, cfg["BLOCK_P"]), B),
+            project_args, _project_launch(blk, c_z, c_h, mask is not None, prec, upcast),
+        )  # fmt: skip
+        _launch(
+            "trimul_product", _trimul_product_kernel,
+            lambda cfg: (n, triton.cdiv(L, cfg["BLOCK_M"]) * triton.cdiv(L, cfg["BLOCK_N"]), B),
+            (a, b, x, L, n_chunk * LL, *a_strides, *b_strides, h0), _product_launch(blk, c_h, prec, upcast),
+        )  # fmt: skip
     del a, b
-    _trimul_output_kernel[(triton.cdiv(LL, blk.out_p), B)](
+    output_args = (
         x, z, wt.ln_in_weight, wt.ln_in_bias, w.ln_out_weight.to(torch.float32).contiguous(),
         w.ln_out_bias.to(torch.float32).contiguous(), wt.z_weight, wt.z_bias, wt.g_weight, wt.g_bias,
         out, LL, eps,
-        **_output_launch(blk, c_z, c_h, prec, upcast),
     )  # fmt: skip
-    return out
+    _launch(
+        "trimul_output", _trimul_output_kernel, lambda cfg: (triton.cdiv(LL, cfg["BLOCK_P"]), B),
+        output_args, _output_launch(blk, c_z, c_h, add_z, prec, upcast),
+    )  # fmt: skip
 
 
 def aot_configs(arch: int = 90, c_z: int = 128, c_h: int = 128) -> list[AOTConfig]:
     """Every triangle-multiplication kernel configuration ESMFold launches on sm_<arch> (c_z = c_hidden = 128).
 
-    Per dtype: the projection kernel with and without a mask, the product kernel (its strides decide
-    outgoing vs incoming, so one compile serves both) and the output kernel.
+    Per dtype and, for fp32, per dot precision (names ``..._fp32_ieee``, ``_fp32_tf32x3``,
+    ``_fp32_tf32``): the projection kernel with and without a mask, the product kernel (its strides
+    decide outgoing vs incoming, so one compile serves both) and the output kernel, returning the
+    update or (``_add``) adding it into z.
     """
     configs = []
     for dt, tdt in TRITON_DTYPES.items():
-        blk = _blocks(dt, arch, c_z)
-        prec = _dot_precision(dt)
         ptr = f"*{tdt}"
         xptr = "*fp32" if dt == torch.float16 else ptr
-        for has_mask in (False, True):
+        for prec in aot_precisions(dt):
+            blk = _blocks(dt, prec, arch, c_z)
+            tag = f"{tdt}_{prec}" if dt == torch.float32 else tdt
+            for has_mask in (False, True):
+                signature = {
+                    "Z": ptr, "Mask": "*fp32" if has_mask else ptr, "LnW": ptr, "LnB": ptr,
+                    "Wap": ptr, "Bap": ptr, "Wag": ptr, "Bag": ptr,
+                    "Wbp": ptr, "Bbp": ptr, "Wbg": ptr, "Bbg": ptr, "A": ptr, "Bout": ptr,
+                    "LL": "i32", "h_start": "i32", "n_h": "i32", "stride_ab": "i32", "eps": "fp32",
+                }  # fmt: skip
+                launch = _project_launch(blk, c_z, c_h, has_mask, prec, False)
+                name = f"trimul_project_{tag}{'_mask' if has_mask else ''}"
+                configs.append(aot_config(name, _trimul_project_kernel, signature, launch, uses_dot=True))
             signature = {
-                "Z": ptr, "Mask": "*fp32" if has_mask else ptr, "LnW": ptr, "LnB": ptr,
-                "Wap": ptr, "Bap": ptr, "Wag": ptr, "Bag": ptr,
-                "Wbp": ptr, "Bbp": ptr, "Wbg": ptr, "Bbg": ptr, "A": ptr, "Bout": ptr,
-                "LL": "i32", "h_start": "i32", "n_h": "i32", "stride_ab": "i32", "eps": "fp32",
+                "A": ptr, "Bm": ptr, "X": xptr, "L": "i32", "stride_ab": "i32",
+                "stride_am": "i32", "stride_ak": "i32", "stride_bk": "i32", "stride_bn": "i32", "h_start": "i32",
             }  # fmt: skip
-            launch = _project_launch(blk, c_z, c_h, has_mask, prec, False)
-            name = f"trimul_project_{tdt}{'_mask' if has_mask else ''}"
-            configs.append(aot_config(name, _trimul_project_kernel, signature, launch, uses_dot=True))
-        signature = {
-            "A": ptr, "Bm": ptr, "X": xptr, "L": "i32", "stride_ab": "i32",
-            "stride_am": "i32", "stride_ak": "i32", "stride_bk": "i32", "stride_bn": "i32", "h_start": "i32",
-        }  # fmt: skip
-        launch = _product_launch(blk, c_h, prec, False)
-        configs.append(aot_config(f"trimul_product_{tdt}", _trimul_product_kernel, signature, launch, uses_dot=True))
-        signature = {
-            "X": xptr, "Z": ptr, "LnInW": ptr, "LnInB": ptr, "LnOutW": "*fp32", "LnOutB": "*fp32",
-            "Wz": ptr, "Bz": ptr, "Wg": ptr, "Bg": ptr, "Out": ptr, "LL": "i32", "eps": "fp32",
-        }  # fmt: skip
-        launch = _output_launch(blk, c_z, c_h, prec, False)
-        configs.append(aot_config(f"trimul_output_{tdt}", _trimul_output_kernel, signature, launch, uses_dot=True))
+            launch = _product_launch(blk, c_h, prec, False)
+            name = f"trimul_product_{tag}"
+            configs.append(aot_config(name, _trimul_product_kernel, signature, launch, uses_dot=True))
+            signature = {
+                "X": xptr, "Z": ptr, "LnInW": ptr, "LnInB": ptr, "LnOutW": "*fp32", "LnOutB": "*fp32",
+                "Wz": ptr, "Bz": ptr, "Wg": ptr, "Bg": ptr, "Out": ptr, "LL": "i32", "eps": "fp32",
+            }  # fmt: skip
+            for add_z in (False, True):
+                launch = _output_launch(blk, c_z, c_h, add_z, prec, False)
+                name = f"trimul_output_{tag}{'_add' if add_z else ''}"
+                configs.append(aot_config(name, _trimul_output_kernel, signature, launch, uses_dot=True))
     return configs
 
 

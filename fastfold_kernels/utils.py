@@ -11,10 +11,11 @@ implementations (the ``reference`` and ``torch`` backends) work; launching a Tri
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import os
+import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -31,8 +32,12 @@ __all__ = [
     "AOTConfig",
     "aot_config",
     "TRITON_DTYPES",
-    "FP32_DOT_PRECISION",
+    "FP32_DOT_PRECISIONS",
     "dot_precision",
+    "aot_precisions",
+    "launch_arch",
+    "emulate_arch",
+    "launch_with_fallback",
     "dot_upcast",
     "dot_block",
     "attention_launch",
@@ -202,6 +207,69 @@ def cuda_arch(device: torch.device | str | None = None) -> int:
     return major * 10 + minor
 
 
+_EMULATED_ARCH: int | None = None
+
+
+def launch_arch(device: torch.device | str) -> int | None:
+    """The architecture whose tiles a launch on ``device`` uses: :func:`cuda_arch` on CUDA. Under the
+    interpreter None (each op's small test tiles), or the arch :func:`emulate_arch` set, so tests run
+    the CUDA launcher's real tile configurations on the CPU."""
+    if interpreting():
+        return _EMULATED_ARCH
+    return cuda_arch(device)
+
+
+@contextlib.contextmanager
+def emulate_arch(arch: int | None):
+    """Within the block, launches under the interpreter use the tiles the CUDA launcher picks on
+    ``sm_<arch>`` (warps and stages are ignored by the interpreter)."""
+    global _EMULATED_ARCH
+    previous, _EMULATED_ARCH = _EMULATED_ARCH, arch
+    try:
+        yield
+    finally:
+        _EMULATED_ARCH = previous
+
+
+# Launch configurations that failed with OutOfResources, to the fallback that worked: a later launch
+# goes straight to the fallback instead of compiling the failing config again.
+_FALLBACKS: dict[tuple, Any] = {}
+
+
+def _config_key(op: str, config: Any) -> tuple:
+    """A hashable key of a launch configuration: a dict, a NamedTuple or a dataclass."""
+    if isinstance(config, dict):
+        items = config.items()
+    elif hasattr(config, "_asdict"):
+        items = config._asdict().items()
+    else:
+        items = vars(config).items()
+    return (op, *sorted(items))
+
+
+def launch_with_fallback(op: str, config: Any, smaller: Any, launch: Callable[[Any], Any]) -> Any:
+    """``launch(config)``; when Triton raises OutOfResources for it (more shared memory or registers
+    than this GPU has), retry once with ``smaller`` (the next smaller configuration) and remember the
+    choice. A second failure raises ``RuntimeError`` naming ``op`` and both configurations."""
+    key = _config_key(op, config)
+    if key in _FALLBACKS:
+        return launch(_FALLBACKS[key])
+    try:
+        return launch(config)
+    except triton.runtime.errors.OutOfResources as first:
+        if smaller is None or smaller == config:
+            raise RuntimeError(f"{op}: out of GPU resources at its smallest configuration {config}: {first}") from first
+        warnings.warn(f"{op}: {first}; retrying with the smaller configuration {smaller}", RuntimeWarning, stacklevel=2)
+        try:
+            result = launch(smaller)
+        except triton.runtime.errors.OutOfResources as second:
+            raise RuntimeError(
+                f"{op}: out of GPU resources with configuration {config} and with the smaller {smaller}: {second}"
+            ) from second
+        _FALLBACKS[key] = smaller
+        return result
+
+
 # --------------------------------------------------------------------------------------------
 # Ahead-of-time compilation
 # --------------------------------------------------------------------------------------------
@@ -242,19 +310,28 @@ TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "
 # tl.dot and rounding
 # --------------------------------------------------------------------------------------------
 
-# tl.dot input_precision for fp32 inputs of the attention kernels, read at every launch: "ieee"
-# (default: full fp32 on FMA units, parity with the fp32/fp64 references), "tf32x3" (tensor cores,
-# near-fp32), "tf32" (FASTFOLD_ALLOW_TF32=1: fastest, ~1e-3 relative). bf16/fp16 always use tensor
-# cores. Set ``fastfold_kernels.utils.FP32_DOT_PRECISION`` to change it at run time.
-FP32_DOT_PRECISION = "tf32" if os.environ.get("FASTFOLD_ALLOW_TF32", "0") == "1" else "ieee"
+# ``tl.dot`` input_precision of fp32 operands for each ``torch.get_float32_matmul_precision()``: one
+# precision policy for torch's matmuls and the kernels' dots. "highest" (torch's default): full fp32 on
+# FMA units, parity with the fp32/fp64 references. "high": 3xTF32 on tensor cores (hi/lo operand
+# splits, near-fp32; torch itself may use plain TF32 here). "medium": TF32, ~1e-3 relative.
+FP32_DOT_PRECISIONS = {"highest": "ieee", "high": "tf32x3", "medium": "tf32"}
 
 
-def dot_precision(dtype: torch.dtype, fp32: str | None = None) -> str:
-    """``input_precision`` of the dots of a kernel launched for ``dtype``: ``fp32`` for fp32 operands
-    (default: :data:`FP32_DOT_PRECISION`, read now), else "tf32" (which half operands ignore)."""
+def dot_precision(dtype: torch.dtype) -> str:
+    """``input_precision`` of the dots of a kernel launched now for ``dtype``: for fp32 operands the
+    entry of :data:`FP32_DOT_PRECISIONS` for ``torch.get_float32_matmul_precision()`` (read at every
+    launch), else "tf32" (which fp16/bf16 operands ignore: they always run on tensor cores)."""
     if dtype == torch.float32:
-        return FP32_DOT_PRECISION if fp32 is None else fp32
+        return FP32_DOT_PRECISIONS[torch.get_float32_matmul_precision()]
     return "tf32"
+
+
+def aot_precisions(dtype: torch.dtype) -> tuple[str, ...]:
+    """The ``input_precision`` values a kernel in ``dtype`` can be launched with (ahead-of-time configs
+    list one config per value): all three for fp32, the one for half dtypes."""
+    if dtype == torch.float32:
+        return tuple(FP32_DOT_PRECISIONS.values())
+    return ("tf32",)
 
 
 def dot_upcast(dtype: torch.dtype) -> bool:
@@ -267,14 +344,21 @@ def dot_block(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def attention_launch(tiles: dict[str, int], has_mask: bool, dtype: torch.dtype, aot: bool = False) -> dict[str, Any]:
+def attention_launch(
+    tiles: dict[str, int], has_mask: bool, dtype: torch.dtype, aot_precision: str | None = None
+) -> dict[str, Any]:
     """Keyword arguments of a launch of either attention kernel (rotary, triangle) in ``dtype``: its
     tiles (``BLOCK_*``, ``num_warps``, ``num_stages``), ``HAS_MASK``, ``DOT_PRECISION`` and ``UPCAST_DOT``.
-    ``aot``: as the ahead-of-time configs compile it (fp32 dots in "ieee", never upcast)."""
+    ``aot_precision``: as the ahead-of-time configs compile it (that dot precision, never upcast).
+    Tiles may pin ``DOT_PRECISION`` ("ieee": a config with no spill-free tensor-core form computes in
+    full fp32, more precisely than the policy asks)."""
+    aot = aot_precision is not None
+    tiles = dict(tiles)
+    pinned = tiles.pop("DOT_PRECISION", None)
     return dict(
         HAS_MASK=has_mask,
         **tiles,
-        DOT_PRECISION=dot_precision(dtype, "ieee" if aot else None),
+        DOT_PRECISION=pinned or (aot_precision if aot else dot_precision(dtype)),
         UPCAST_DOT=False if aot else dot_upcast(dtype),
     )
 

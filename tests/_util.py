@@ -83,3 +83,42 @@ class _NoTriton(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, _NoTriton())
 """
+
+
+def out_of_resources(monkeypatch, kernel, fails):
+    """``kernel`` raises Triton's OutOfResources for the launches whose keyword arguments ``fails``
+    picks (each recorded in the returned list) and runs the others; remembered fallbacks are reset."""
+    import triton
+
+    from fastfold_kernels import utils as kutils
+
+    raised = []
+
+    def run(*args, _run=kernel.run, **kwargs):
+        if fails(kwargs):
+            raised.append(dict(kwargs))
+            raise triton.runtime.errors.OutOfResources(300000, 232448, "shared memory")
+        return _run(*args, **kwargs)
+
+    monkeypatch.setattr(kernel, "run", run)
+    monkeypatch.setattr(kutils, "_FALLBACKS", {})
+    return raised
+
+
+class LaunchRecorder:
+    """Stands in for a kernel: records each launch's keyword arguments, raises OutOfResources for
+    launches whose BLOCK_M * BLOCK_N is above ``limit``, and runs the others."""
+
+    def __init__(self, kernel, limit: int | None = None):
+        self.kernel, self.limit, self.launches = kernel, limit, []
+
+    def __getitem__(self, grid):
+        import triton
+
+        def launch(*args, **kwargs):
+            self.launches.append(kwargs)
+            if self.limit is not None and kwargs["BLOCK_M"] * kwargs["BLOCK_N"] > self.limit:
+                raise triton.runtime.errors.OutOfResources(2 * self.limit, self.limit, "shared memory")
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
 from fastfold_kernels import AOTConfig
 from fastfold_kernels.layer_norm import (
+    _MODEL_WIDTHS,
     _block_shape,
     _bwd_block_shape,
     _layer_norm_bwd_kernel,
@@ -16,7 +19,7 @@ from fastfold_kernels.layer_norm import (
     layer_norm_reference,
     layer_norm_torch,
 )
-from _util import on_device
+from _util import on_device, out_of_resources
 
 layer_norm = on_device(layer_norm)
 
@@ -52,15 +55,39 @@ def _ref64(x, weight, bias, eps=1e-5, residual=None):
     return layer_norm_reference(d(x), d(weight), d(bias), eps, d(residual))
 
 
+def _one_width_per_shape(shape) -> list[int]:
+    """One model width per distinct launch tile of ``shape`` (the tiles are the same on every arch)."""
+    widths = {}
+    for C in _MODEL_WIDTHS:
+        widths.setdefault(shape(C)[:2], C)  # (BLOCK_R, BLOCK_C); warps mean nothing to the interpreter
+    return list(widths.values())
+
+
+def _rows(C: int, shape) -> int:
+    """Rows spanning two full row tiles and a ragged third."""
+    return 2 * shape(C)[0] + 3
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("C, rows", [(32, 131), (128, 37), (320, 17), (1024, 6), (2560, 3)])
-def test_layer_norm_widths(impl, dtype, C, rows, poisoned_empty):
+@pytest.mark.parametrize("C", [32, *_one_width_per_shape(_block_shape)])
+@pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
+def test_layer_norm_widths(impl, dtype, C, with_residual, poisoned_empty):
+    """Every forward tile the model launches (one width each; C = 32 besides), with and without the
+    residual; with it, the sum is x + residual rounded to the dtype, bit for bit."""
+    rows = _rows(C, _block_shape)
     gen = torch.Generator().manual_seed(C + rows)
     x = _inputs((rows, C), dtype, gen)
     weight, bias = _params(C, dtype, gen)
-    out = IMPLS[impl](x, weight, bias)
-    _assert_close(out, _ref64(x, weight, bias), layer_norm_reference(x, weight, bias), dtype)
+    if not with_residual:
+        out = IMPLS[impl](x, weight, bias)
+        _assert_close(out, _ref64(x, weight, bias), layer_norm_reference(x, weight, bias), dtype)
+        return
+    residual = _inputs((rows, C), dtype, gen)
+    y, s = IMPLS[impl](x, weight, bias, residual=residual)
+    assert s.dtype == dtype and torch.equal(s, x + residual)
+    y_ref, _ = layer_norm_reference(x, weight, bias, residual=residual)
+    _assert_close(y, _ref64(x + residual, weight, bias), y_ref, dtype)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -72,22 +99,6 @@ def test_layer_norm_no_bias_eps_and_batch_dims(impl, dtype, poisoned_empty):
     weight, _ = _params(48, dtype, gen)
     out = IMPLS[impl](x, weight, None, eps=1e-3)
     _assert_close(out, _ref64(x, weight, None, 1e-3), layer_norm_reference(x, weight, None, 1e-3), dtype)
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("C", [128, 320])
-def test_layer_norm_residual(impl, dtype, C, poisoned_empty):
-    gen = torch.Generator().manual_seed(C)
-    x = _inputs((3, 13, C), dtype, gen)
-    residual = _inputs((3, 13, C), dtype, gen)
-    weight, bias = _params(C, dtype, gen)
-    y, s = IMPLS[impl](x, weight, bias, residual=residual)
-    # The sum is x + residual rounded to the dtype, bit for bit.
-    assert s.dtype == dtype and torch.equal(s, x + residual)
-    y_ref, _ = layer_norm_reference(x, weight, bias, residual=residual)
-    y64 = _ref64(x + residual, weight, bias)
-    _assert_close(y, y64, y_ref, dtype)
 
 
 def _strided_views(gen, dtype):
@@ -221,11 +232,13 @@ def _check_grads(got, exact, same_dtype, names):
         assert err <= 3 * ref_err + atol, f"{name}: err {err:.3e} vs reference err {ref_err:.3e} (atol {atol:.1e})"
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize(
-    "C, rows, with_residual", [(37, 17, True), (128, 37, False), (320, 17, True), (320, 37, False)]
-)
-def test_layer_norm_triton_gradients(dtype, C, rows, with_residual, poisoned_empty):
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("C", [37, *_one_width_per_shape(_bwd_block_shape)])
+@pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
+def test_layer_norm_triton_gradients(dtype, C, with_residual, poisoned_empty):
+    """Every backward tile the model launches (one width each; C = 37 besides), with and without the
+    residual, through the autograd forward (which also stores the row statistics)."""
+    rows = _rows(C, _bwd_block_shape)
     gen = torch.Generator().manual_seed(C * rows)
     x = _inputs((rows, C), dtype, gen)
     weight, bias = _params(C, dtype, gen)
@@ -293,3 +306,42 @@ def test_layer_norm_triton_double_backward_is_a_clear_error():
     (g,) = torch.autograd.grad((layer_norm(x, weight, bias) ** 2).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         g.sum().backward()
+
+
+def test_layer_norm_out_of_resources_falls_back_once(monkeypatch):
+    """Forward and backward out of resources at their tiles: retried once with half the rows (a
+    warning each), the same values and gradients, and the fallback remembered."""
+    gen = torch.Generator().manual_seed(47)
+    C, rows = 128, 70
+    x = _inputs((rows, C), torch.float32, gen)
+    weight, bias = _params(C, torch.float32, gen)
+    upstream = [torch.randn(rows, C, generator=gen, dtype=torch.float64)]
+    expected = _grads(layer_norm, _leaves((x, weight, bias, None)), upstream)
+    fwd_r, bwd_r = _block_shape(C)[0], _bwd_block_shape(C)[0]
+    raised_fwd = out_of_resources(monkeypatch, _layer_norm_fwd_kernel, lambda kw: kw["BLOCK_R"] == fwd_r)
+    raised_bwd = out_of_resources(monkeypatch, _layer_norm_bwd_kernel, lambda kw: kw["BLOCK_R"] == bwd_r)
+    with pytest.warns(RuntimeWarning) as record:
+        got = _grads(layer_norm, _leaves((x, weight, bias, None)), upstream)
+    assert {"layer_norm", "layer_norm_bwd"} == {str(w.message).split(":")[0] for w in record}
+    assert ([kw["BLOCK_R"] for kw in raised_fwd], [kw["BLOCK_R"] for kw in raised_bwd]) == ([fwd_r], [bwd_r])
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = _grads(layer_norm, _leaves((x, weight, bias, None)), upstream)
+    assert len(raised_fwd) == len(raised_bwd) == 1  # straight to the remembered fallbacks
+    assert all(torch.equal(a, g) for a, g in zip(again, got))
+
+
+def test_layer_norm_out_of_resources_twice_is_an_error(monkeypatch):
+    """Both the tile and its half out of resources: a RuntimeError naming the op; at one row per
+    program there is no smaller tile, so the first failure is the error."""
+    gen = torch.Generator().manual_seed(53)
+    raised = out_of_resources(monkeypatch, _layer_norm_fwd_kernel, lambda kw: True)
+    x = _inputs((5, 128), torch.float32, gen)
+    with pytest.warns(RuntimeWarning), pytest.raises(RuntimeError, match="layer_norm"):
+        layer_norm(x, *_params(128, torch.float32, gen))
+    assert [kw["BLOCK_R"] for kw in raised] == [32, 16]
+    x = _inputs((3, 5120), torch.float32, gen)
+    with pytest.raises(RuntimeError, match="layer_norm: out of GPU resources at its smallest"):
+        layer_norm(x, *_params(5120, torch.float32, gen))

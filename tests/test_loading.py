@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from _esmfold_hf import REDUCED_TRUNK, hf_folding_model, save_hf
-from esmfold_fast import CheckpointError, ESMFold
+from esmfold_fast import ESM2, CheckpointError, ESMFold
 
 SEQS = ["MKTAYIAKQRQISFVKSHF", "GSHMLEDPA"]
 LM_SIZES = dict(encoder_layers=2, encoder_embed_dim=48, encoder_attention_heads=2, token_dropout=True)
@@ -215,6 +216,18 @@ def test_config_json_must_be_a_folding_model(saved, tmp_path):
         ESMFold.from_pretrained(target)
 
 
+def test_transformers_chunk_size_is_not_our_cap(saved, tmp_path):
+    """transformers writes trunk.chunk_size = 128 for its own attention; ours is planned from memory, so a
+    loaded model has no cap (set_chunk_size sets one)."""
+    directory, model, _ = saved
+    config = json.loads((directory / "config.json").read_text())
+    assert config["esmfold_config"]["trunk"]["chunk_size"] == 128
+    assert model.trunk.chunk_size is None and model.config.trunk.chunk_size is None
+    fresh = ESMFold.from_pretrained(directory, backend="torch")
+    fresh.set_chunk_size(16)
+    assert fresh.trunk.chunk_size == 16
+
+
 def test_from_config_named_sizes():
     tiny = ESMFold.from_config("tiny", backend="torch", seed=1)
     # no weight matrix is left at zero (residual outputs and gates included); LayerNorm biases may be 0
@@ -272,3 +285,223 @@ def test_an_lm_that_runs_in_fp16_on_cuda_is_built_in_fp16(monkeypatch):
     for model in plan.values():  # the folding head stays float32 either way
         assert model.trunk.blocks[0].tri_mul_out.linear_z.weight.dtype == torch.float32
         assert model.esm.layers[0].self_attn.rot_emb.inv_freq.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------------------------
+# lean loading: peak resident memory of a load, measured in a fresh process
+# ----------------------------------------------------------------------------------------------
+
+# Big enough that fixed costs do not dominate: an ESM-2 LM of 4 x 1280 (esm2_t33_650M's width), 315 MB in fp32.
+BIG_LM = dict(num_layers=4, embed_dim=1280, attention_heads=20)
+PEAK_RATIO = 1.15
+
+_MEASURE = """
+import json, sys
+import torch
+import esmfold_fast
+from esmfold_fast import ESM2, ESMFold
+
+def status(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+def load(kind, path, dtype, esm_path=None):
+    if kind == "esm2":
+        return ESM2.from_pretrained(path, dtype=getattr(torch, dtype))
+    return ESMFold.from_pretrained(path, backend="torch", dtype=getattr(torch, dtype), esm_path=esm_path)
+
+warmup, spec, fp16_lm = json.loads(sys.argv[1])
+if fp16_lm:  # the dtype layout of a CUDA load (the LM in fp16), on the CPU
+    ESMFold.lm_in_fp16 = lambda self, device, dtype=None: self.config.fp16_esm
+cold = status("VmRSS")  # after importing torch and the package
+load(*warmup)  # a tiny checkpoint of the same layout: torch's code pages and lazy state, then freed
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # VmHWM := VmRSS
+warm = status("VmHWM")
+model = load(*spec)
+peak = status("VmHWM")
+size = sum({t.data_ptr(): t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]}.values())
+dtypes = sorted({str(p.dtype) for p in model.parameters()})
+print(json.dumps({"cold": cold, "warm": warm, "peak": peak, "model": size, "dtypes": dtypes}))
+"""
+
+
+def _esm_config(num_layers, embed_dim, attention_heads, **folding):
+    """A transformers ``EsmConfig`` of an ESM-2 of these sizes (``folding``: an ``EsmForProteinFolding``'s)."""
+    from transformers import EsmConfig
+
+    from esmfold_fast.alphabet import Alphabet
+
+    return EsmConfig(
+        vocab_size=33, position_embedding_type="rotary", token_dropout=True, pad_token_id=1, mask_token_id=32,
+        layer_norm_eps=1e-5, emb_layer_norm_before=False, vocab_list=Alphabet().all_toks,
+        max_position_embeddings=1026, hidden_size=embed_dim, num_hidden_layers=num_layers,
+        num_attention_heads=attention_heads, intermediate_size=4 * embed_dim, **folding,
+    )  # fmt: skip
+
+
+def _fair_esm_lm_cfg(sizes):
+    return argparse.Namespace(encoder_layers=sizes["num_layers"], encoder_embed_dim=sizes["embed_dim"],
+                              encoder_attention_heads=sizes["attention_heads"], token_dropout=True)  # fmt: skip
+
+
+def _write_lm_checkpoints(directory, sizes):
+    """The same random ESM-2 in transformers' ``EsmForMaskedLM`` safetensors layout and fair-esm's ``.pt``."""
+    from transformers import EsmForMaskedLM
+
+    torch.manual_seed(0)
+    hf = EsmForMaskedLM(_esm_config(**sizes)).eval()
+    hf.save_pretrained(directory / "hf")
+    ours = ESM2.from_pretrained(directory / "hf")
+    del hf
+    raw = {("encoder." if k.startswith("lm_head.") else "encoder.sentence_encoder.") + k: v
+           for k, v in ours.state_dict().items() if not k.startswith("contact_head.")}  # fmt: skip
+    torch.save({"cfg": {"model": _fair_esm_lm_cfg(sizes)}, "model": raw}, directory / "esm2.pt")
+    return directory / "hf", directory / "esm2.pt"
+
+
+def _write_esmfold_checkpoints(directory, sizes):
+    """An ESMFold with a big LM stored in fp32 (config ``fp16_esm``: it runs in fp16 on CUDA) as a
+    transformers directory, and as fair-esm's pair (the trunk's ``.pt`` + the ESM-2 ``.pt``)."""
+    from transformers import EsmForProteinFolding
+
+    config = _esm_config(**sizes, is_folding_model=True, esmfold_config={"trunk": REDUCED_TRUNK, "fp16_esm": False})
+    torch.manual_seed(0)
+    hf = EsmForProteinFolding(config).eval()  # fp16_esm=False: transformers keeps the LM in fp32 to save it
+    hf.save_pretrained(directory / "fold")
+    del hf
+    cfg_path = directory / "fold" / "config.json"
+    saved_config = json.loads(cfg_path.read_text())
+    saved_config["esmfold_config"]["fp16_esm"] = True
+    cfg_path.write_text(json.dumps(saved_config))
+    sd = load_file(str(directory / "fold" / "model.safetensors"))
+    trunk = {k: v for k, v in sd.items() if not k.startswith("esm.")}
+    top = dict(esm_type="esm2_650M", fp16_esm=True, embed_aa=True, bypass_lm=False, lddt_head_hid_dim=128)
+    fair_trunk = {k: v for k, v in REDUCED_TRUNK.items() if k != "structure_module"}
+    cfg = {"model": dict(top, trunk=dict(fair_trunk, structure_module=dict(FAIR_SM)))}
+    torch.save({"cfg": cfg, "model": trunk}, directory / "esmfold.pt")
+    ours = ESMFold.from_pretrained(directory / "fold", backend="torch")
+    raw = {"encoder.sentence_encoder." + k: v for k, v in ours.esm.state_dict().items()}
+    torch.save({"cfg": {"model": _fair_esm_lm_cfg(sizes)}, "model": raw}, directory / "esmfold_lm.pt")
+    return directory / "fold", directory / "esmfold.pt", directory / "esmfold_lm.pt"
+
+
+@pytest.fixture(scope="module")
+def lean_checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lean")
+    tiny, big = root / "tiny", root / "big"
+    tiny.mkdir()
+    big.mkdir()
+    sizes = {"tiny": dict(num_layers=1, embed_dim=48, attention_heads=2), "big": BIG_LM}
+    paths = {}
+    for name, directory in (("tiny", tiny), ("big", big)):
+        (directory / "lm").mkdir()
+        (directory / "fold").mkdir()
+        hf_lm, fair_lm = _write_lm_checkpoints(directory / "lm", sizes[name])
+        hf_fold, fair_fold, fair_fold_lm = _write_esmfold_checkpoints(directory / "fold", sizes[name])
+        paths[name] = {  # layout -> (model kind, path, esm_path)
+            "esm2_safetensors": ("esm2", str(hf_lm), None), "esm2_pt": ("esm2", str(fair_lm), None),
+            "esmfold_safetensors": ("esmfold", str(hf_fold), None),
+            "esmfold_pt": ("esmfold", str(fair_fold), str(fair_fold_lm)),
+        }  # fmt: skip
+    return paths
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="peak RSS is read from Linux's /proc")
+@pytest.mark.parametrize(
+    "layout, dtype, fp16_lm",
+    [
+        ("esm2_safetensors", "float32", False),
+        ("esm2_pt", "float32", False),
+        ("esm2_safetensors", "float16", False),
+        ("esm2_pt", "bfloat16", False),
+        ("esmfold_safetensors", "float32", True),
+        ("esmfold_pt", "float32", True),
+    ],
+)
+def test_peak_memory_of_a_load_is_close_to_the_model(lean_checkpoints, layout, dtype, fp16_lm):
+    """The file is mapped and copied tensor by tensor into a model built in its final dtypes, the pages of
+    each copied piece given back: a load's peak resident memory stays within 1.15x of the loaded model,
+    also when that model is half the size of the fp32 checkpoint (an fp16 LM, or ``dtype=float16``)."""
+    import subprocess
+    import sys
+
+    def spec(name):
+        kind, path, esm_path = lean_checkpoints[name][layout]
+        return [kind, path, dtype, esm_path]
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURE, json.dumps([spec("tiny"), spec("big"), fp16_lm])],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    warm_ratio = (got["peak"] - got["warm"]) / got["model"]
+    cold_ratio = (got["peak"] - got["cold"]) / got["model"]
+    print(f"{layout} {dtype} fp16_lm={fp16_lm}: model {got['model'] / 2**20:.0f} MiB {got['dtypes']}, "
+          f"peak - baseline = {warm_ratio:.3f}x the model ({cold_ratio:.3f}x counting torch's first-use costs)")
+    if fp16_lm:
+        assert "torch.float16" in got["dtypes"]
+    assert warm_ratio <= PEAK_RATIO
+
+
+def test_sharded_safetensors_load_the_same(saved, tmp_path):
+    """Each shard is its own mapping; tensors from all of them land in the one model."""
+    hf_folding_model(REDUCED_TRUNK, seed=21).save_pretrained(tmp_path / "sharded", max_shard_size="200KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    _same_outputs(ESMFold.from_pretrained(tmp_path / "sharded", backend="torch"), saved[2])
+
+
+@pytest.mark.parametrize("zipfile", [True, False], ids=["zip_mapped", "legacy_read_whole"])
+def test_fair_esm_pt_with_shared_storage_loads_exactly(tmp_path, zipfile):
+    """fair-esm saves its tied LM head and token embedding as one storage: the pages a copy gives back are read
+    again for the tensor sharing them. A legacy (non-zip) file cannot be mapped and is read whole."""
+    import esm
+
+    alphabet = esm.Alphabet.from_architecture("ESM-1b")
+    peer = esm.model.esm2.ESM2(num_layers=2, embed_dim=48, attention_heads=2, alphabet=alphabet)
+    raw = {("encoder." if k.startswith("lm_head.") else "encoder.sentence_encoder.") + k: v
+           for k, v in peer.state_dict().items() if not k.startswith("contact_head.")}  # fmt: skip
+    assert raw["encoder.lm_head.weight"].data_ptr() == raw["encoder.sentence_encoder.embed_tokens.weight"].data_ptr()
+    cfg = argparse.Namespace(encoder_layers=2, encoder_embed_dim=48, encoder_attention_heads=2, token_dropout=True)
+    path = tmp_path / "esm2_tied.pt"
+    torch.save({"cfg": {"model": cfg}, "model": raw}, path, _use_new_zipfile_serialization=zipfile)
+    ours = ESM2.from_pretrained(path).state_dict()
+    for key, value in peer.state_dict().items():
+        if not key.startswith("contact_head."):
+            assert torch.equal(ours[key], value), key
+
+
+def test_safetensors_reader_maps_aligned_tensors_and_copies_unaligned_ones(tmp_path):
+    """safetensors' writers align each tensor, the format does not promise it: an unaligned one is copied
+    out of the mapping (and its anonymous pages are never handed back)."""
+    import struct
+
+    from esmfold_fast.checkpoints.files import load_state_dict_file
+
+    weights = {"w": torch.randn(3, 5), "h": torch.randn(7).half(), "i": torch.arange(4)}
+    save_file(weights, str(tmp_path / "aligned.safetensors"))
+    for name, stored in load_state_dict_file(tmp_path / "aligned.safetensors").items():
+        assert stored.mapped and torch.equal(stored.tensor, weights[name])
+    header = json.dumps({"w": {"dtype": "F32", "shape": [3, 5], "data_offsets": [0, 60]}})
+    header += " " * ((1 - len(header)) % 4)  # 8 + len(header) = 1 (mod 4): the data start is unaligned
+    (tmp_path / "unaligned.safetensors").write_bytes(
+        struct.pack("<Q", len(header)) + header.encode() + weights["w"].numpy().tobytes()
+    )
+    stored = load_state_dict_file(tmp_path / "unaligned.safetensors")["w"]
+    target = torch.empty(3, 5, dtype=torch.float64)
+    stored.copy_to(target)
+    assert not stored.mapped and torch.equal(target, weights["w"].double())
+
+
+def test_only_tensors_inside_the_files_mapping_count_as_mapped(tmp_path):
+    """Pages are handed back only for views of the file's mapping; anonymous memory would read back as zeros."""
+    from esmfold_fast.checkpoints.files import load_state_dict_file, stored_tensors
+
+    weights = {"w": torch.randn(64, 64)}
+    torch.save(weights, tmp_path / "zip.bin")
+    assert load_state_dict_file(tmp_path / "zip.bin")["w"].mapped
+    torch.save(weights, tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)
+    assert not load_state_dict_file(tmp_path / "legacy.bin")["w"].mapped
+    # told "mapped" for tensors that are not views of the file (a torch that copied them): not trusted
+    assert not stored_tensors(weights, True, tmp_path / "zip.bin")["w"].mapped

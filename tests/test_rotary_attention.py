@@ -7,19 +7,23 @@ import re
 import pytest
 import torch
 
+import fastfold_kernels.rotary_attention as rot
+from fastfold_kernels import utils
 from fastfold_kernels.rotary_attention import (
     aot_configs,
     rotary_attention,
     rotary_attention_reference,
     rotary_attention_torch,
 )
-from _util import max_rel_err, on_device, poison_, randomize_
+from _util import LaunchRecorder, max_rel_err, on_device, poison_, randomize_
 
 rotary_attention = on_device(rotary_attention)
 
 # Error floor added to 3x the same-dtype reference's error (relative to max |out|).
 ATOL = {torch.float32: 2e-6, torch.bfloat16: 4e-3, torch.float16: 5e-4}
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# The tl.dot precisions each dtype can launch with (fp32: per torch.get_float32_matmul_precision()).
+PRECISIONS = {torch.float32: ("ieee", "tf32x3", "tf32"), torch.bfloat16: ("tf32",), torch.float16: ("tf32",)}
 
 
 def rotary_tables(L: int, D: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,8 +202,9 @@ def test_reference_returns_weights(dtype, masked):
 
 @pytest.mark.parametrize("arch", [90, 80])
 def test_aot_configs_cover_every_esm2_launch(arch):
-    """Every (dtype, head dim, mask) launch the model makes on sm_<arch> has a config with its tiles."""
-    from fastfold_kernels.rotary_attention import _aot_listed, _kind_tiles
+    """Every (dtype, dot precision, head dim, mask) launch the model makes on sm_<arch> has a config
+    with its tiles."""
+    from fastfold_kernels.rotary_attention import _kind_tiles
 
     configs = aot_configs(arch)
     names = {c.name for c in configs}
@@ -210,27 +215,30 @@ def test_aot_configs_cover_every_esm2_launch(arch):
         "fwd": ("STORE_LSE", False), "fwd_lse": ("STORE_LSE", True), "bwd_dkdv": ("DQ", False), "bwd_dq": ("DQ", True),
     }  # fmt: skip
     for dtype in DTYPES:
-        for D, _ in HEAD_CASES:
-            for masked in (False, True):
-                for kind, (flag, value) in kinds.items():
-                    if not _aot_listed(kind, D, dtype, arch):  # the one known gap, documented there
-                        assert (kind, D) == ("bwd_dkdv", 128) and dtype != torch.float32
-                        continue
-                    tiles = _kind_tiles(kind, D, dtype, arch)
-                    assert any(
-                        c.name.startswith(f"rotary_attention_{kind}_") and c.constexprs[flag] == value
-                        and c.signature["q_ptr"] == tnames[dtype] and c.constexprs["HAS_MASK"] == masked
-                        and str(D) in re.search(r"_d([\d-]+)", c.name).group(1).split("-")
-                        and c.num_warps == tiles["num_warps"] and c.num_stages == tiles["num_stages"]
-                        and all(c.constexprs[k] == tiles[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_H"))
-                        for c in configs
-                    ), (dtype, D, masked, kind)
+        for precision in PRECISIONS[dtype]:
+            for D, _ in HEAD_CASES:
+                for masked in (False, True):
+                    for kind, (flag, value) in kinds.items():
+                        tiles = _kind_tiles(kind, D, dtype, precision, arch)
+                        launched_mask = masked and kind != "bwd_dq"  # dq zeroes padding keys instead
+                        assert any(
+                            c.name.startswith(f"rotary_attention_{kind}_") and c.constexprs[flag] == value
+                            and c.signature["q_ptr"] == tnames[dtype] and c.constexprs["HAS_MASK"] == launched_mask
+                            and c.constexprs["DOT_PRECISION"] == tiles.get("DOT_PRECISION", precision)
+                            and str(D) in re.search(r"_d([\d-]+)", c.name).group(1).split("-")
+                            and c.num_warps == tiles["num_warps"] and c.num_stages == tiles["num_stages"]
+                            and all(c.constexprs[k] == tiles[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_H"))
+                            and c.constexprs.get("SPLIT_DKDV", False) == tiles.get("SPLIT_DKDV", False)
+                            for c in configs
+                        ), (dtype, precision, D, masked, kind)
     for c in configs:
         assert c.uses_dot and c.fn is not None
         assert set(c.signature) | set(c.constexprs) >= {"q_ptr", "k_ptr", "v_ptr", "L", "H", "D", "HAS_MASK"}
         assert c.constexprs["BLOCK_D"] >= 16 and c.constexprs["UPCAST_DOT"] is False
-    fp32 = [c for c in configs if c.signature["q_ptr"] == "*fp32"]
-    assert fp32 and all(c.constexprs["DOT_PRECISION"] == "ieee" for c in fp32)
+        if c.signature["q_ptr"] == "*fp32":  # named by their precision
+            assert f"_fp32_{c.constexprs['DOT_PRECISION']}_" in c.name
+        else:
+            assert c.constexprs["DOT_PRECISION"] == "tf32"
 
 
 def test_shape_errors_are_loud():
@@ -329,3 +337,169 @@ def test_kernel_autograd_forward_is_unchanged_and_errors_are_clear():
     with torch.no_grad():  # out= still works without autograd
         out = torch.empty_like(q)
         assert rotary_attention(qg, k, v, cos, sin, out=out) is out and torch.equal(out, expected)
+
+
+# --------------------------------------------------------------------------------------------------
+# The CUDA launcher's tile configurations, run through the interpreter (emulate_arch)
+# --------------------------------------------------------------------------------------------------
+
+ARCHS = (80, 90)
+# The torch setting that selects each fp32 dot precision (the policy, spelled out so the test can fail).
+MATMUL_PRECISION = {"ieee": "highest", "tf32x3": "high", "tf32": "medium"}
+# Error floors of fp32 launched on tensor cores (a GPU run; the interpreter computes tf32 dots in fp32),
+# and of fp16 gradients (bf16's floor scaled by the ratio of their roundings, 8).
+TF32_ATOL = {"tf32x3": 1e-5, "tf32": 5e-3}
+GRAD_ATOL_FP16 = 1e-3
+
+
+@pytest.fixture
+def matmul_precision():
+    """Sets torch.set_float32_matmul_precision for the test and restores it afterwards."""
+    before = torch.get_float32_matmul_precision()
+    yield torch.set_float32_matmul_precision
+    torch.set_float32_matmul_precision(before)
+
+
+def _interpreted_tiles(tiles: dict) -> tuple:
+    """What of a configuration the interpreter computes with: the tiles (warps and stages it ignores)."""
+    return (*(tiles[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_H")), tiles.get("SPLIT_DKDV", False))
+
+
+def _tile_cases(kinds: tuple[str, ...]) -> list:
+    """One (arch, dtype, precision, D) per distinct interpreted configuration of the launches ``kinds``
+    (one forward, or the three launches of a forward + backward) over sm_80/sm_90, dtypes, precisions and
+    head dims. Of head dims sharing a configuration the padded one (24 in 32-wide tiles) is kept."""
+    cases: dict[tuple, tuple] = {}
+    for arch in ARCHS:
+        for dtype in DTYPES:
+            for precision in PRECISIONS[dtype]:
+                for D in sorted(rot._HEAD_DIMS, key=lambda D: D == utils.dot_block(D)):
+                    key = (dtype, *(_interpreted_tiles(rot._kind_tiles(k, D, dtype, precision, arch)) for k in kinds))
+                    cases.setdefault(key, (arch, dtype, precision, D))
+    return list(cases.values())
+
+
+def _case_id(case) -> str:
+    arch, dtype, precision, D = case
+    return f"sm{arch}-{str(dtype)[6:]}{'-' + precision if dtype == torch.float32 else ''}-d{D}"
+
+
+def _ragged_length(kinds: tuple[str, ...], case) -> int:
+    """A length spanning more than one tile of every launch, in queries and keys, the last one partial."""
+    arch, dtype, precision, D = case
+    tiles = [rot._kind_tiles(k, D, dtype, precision, arch) for k in kinds]
+    return max(max(t["BLOCK_M"], t["BLOCK_N"]) for t in tiles) + 3
+
+
+def _holes_mask(L: int, seed: int) -> torch.Tensor:
+    """[1, L] bool, True = padding: random keys padded, the last (ragged) tile's keys kept real."""
+    mask = torch.rand(1, L, generator=torch.Generator().manual_seed(seed)) < 0.3
+    mask[:, -3:] = False
+    return mask
+
+
+def _fp32_atol(dtype: torch.dtype, precision: str, atol: float) -> float:
+    return TF32_ATOL[precision] if dtype == torch.float32 and precision != "ieee" and not utils.interpreting() else atol
+
+
+FWD_CASES = _tile_cases(("fwd",))
+GRAD_TILE_CASES = _tile_cases(("fwd_lse", "bwd_dkdv", "bwd_dq"))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("case", FWD_CASES, ids=_case_id)
+def test_every_cuda_forward_config(case, masked, matmul_precision):
+    """The forward at each tile configuration the CUDA launcher picks, at a length with ragged query and
+    key tiles, into a NaN-poisoned out=, against the float64 reference."""
+    arch, dtype, precision, D = case
+    matmul_precision(MATMUL_PRECISION[precision] if dtype == torch.float32 else "highest")
+    L = _ragged_length(("fwd",), case)
+    q, k, v = (t.to(dtype) for t in make_qkv(1, L, 1, D, seed=L + D))
+    cos, sin = rotary_tables(L, D)
+    mask = _holes_mask(L, D) if masked else None
+    out = poison_(torch.empty(1, L, 1, D, dtype=dtype))
+    with utils.emulate_arch(arch):
+        rotary_attention(q, k, v, cos, sin, mask, out=out)
+    exact = rotary_attention_reference(q.double(), k.double(), v.double(), cos, sin, mask)
+    same_dtype = rotary_attention_reference(q, k, v, cos, sin, mask)
+    assert torch.isfinite(out).all()
+    err, ref_err = max_rel_err(out, exact), max_rel_err(same_dtype, exact)
+    assert err <= 3 * ref_err + _fp32_atol(dtype, precision, ATOL[dtype]), (err, ref_err)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("case", GRAD_TILE_CASES, ids=_case_id)
+def test_every_cuda_backward_config(case, masked, matmul_precision, poisoned_empty):
+    """Forward (with the stored log2-sum-exp2) and both backward launches at each tile configuration the
+    CUDA launcher picks, NaN-poisoned buffers: dq, dk, dv against float64. The length spans several
+    ragged tiles of both backward launches; the forward's (larger) tiles are the no-grad forward's,
+    which the test above runs across tiles (only STORE_LSE differs)."""
+    arch, dtype, precision, D = case
+    matmul_precision(MATMUL_PRECISION[precision] if dtype == torch.float32 else "highest")
+    L = _ragged_length(("bwd_dkdv", "bwd_dq"), case)  # the forward's tiles span L in test_every_cuda_forward_config
+    q, k, v = make_qkv(1, L, 1, D, seed=L * D)
+    cos, sin = rotary_tables(L, D)
+    mask = _holes_mask(L, D) if masked else None
+    upstream = 2.0 * torch.randn(1, L, 1, D, generator=torch.Generator().manual_seed(D), dtype=torch.float64)
+    exact = attention_grads(rotary_attention_reference, q, k, v, cos, sin, mask, upstream, torch.float64)
+    same_dtype = attention_grads(rotary_attention_reference, q, k, v, cos, sin, mask, upstream, dtype)
+    with utils.emulate_arch(arch):
+        got = attention_grads(rotary_attention, q, k, v, cos, sin, mask, upstream, dtype)
+    atol = _fp32_atol(dtype, precision, GRAD_ATOL.get(dtype, GRAD_ATOL_FP16))
+    for name, g, g64, g_ref in zip("qkv", got, exact, same_dtype):
+        assert torch.isfinite(g).all(), name
+        err, ref_err = max_rel_err(g, g64), max_rel_err(g_ref, g64)
+        assert err <= 3 * ref_err + atol, (name, err, ref_err)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dot_precision_follows_torch_setting(dtype, monkeypatch, matmul_precision):
+    """Each launch (forward, backward) passes the DOT_PRECISION the policy gives for the torch setting,
+    and on a GPU tiles chosen for that precision; half dtypes always "tf32"."""
+    q, k, v = (t.to(dtype) for t in make_qkv(1, 17, 1, 16, seed=51))
+    cos, sin = rotary_tables(17, 16)
+    for setting, precision in (("highest", "ieee"), ("high", "tf32x3"), ("medium", "tf32")):
+        matmul_precision(setting)
+        fwd = LaunchRecorder(rot._rotary_attention_fwd)
+        bwd = LaunchRecorder(rot._rotary_attention_bwd)
+        monkeypatch.setattr(rot, "_rotary_attention_fwd", fwd)
+        monkeypatch.setattr(rot, "_rotary_attention_bwd", bwd)
+        with utils.emulate_arch(90):
+            attention_grads(rotary_attention, q, k, v, cos, sin, None, torch.ones(1, 17, 1, 16), dtype)
+        expected = precision if dtype == torch.float32 else "tf32"
+        assert [l["DOT_PRECISION"] for l in fwd.launches + bwd.launches] == [expected] * 3
+        for kind, launched in zip(("fwd_lse", "bwd_dkdv", "bwd_dq"), fwd.launches + bwd.launches):
+            tiles = rot._kind_tiles(kind, 16, dtype, expected, 90)
+            assert all(launched[key] == tiles[key] for key in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_H")), kind
+        monkeypatch.undo()
+
+
+def test_out_of_resources_falls_back_once_then_fails_loudly(monkeypatch):
+    """A launch that runs out of GPU resources is retried once with the next smaller tiles (and the
+    result is right); when that fails too, the error names the op."""
+    monkeypatch.setattr(utils, "_FALLBACKS", {})
+    L, D = 70, 32
+    q, k, v = (t.to(torch.float16) for t in make_qkv(1, L, 1, D, seed=52))
+    cos, sin = rotary_tables(L, D)
+    big = rot._kind_tiles("fwd", D, torch.float16, "tf32", 90)
+    smaller = rot._smaller(big)
+    assert smaller["BLOCK_M"] * smaller["BLOCK_N"] < big["BLOCK_M"] * big["BLOCK_N"]
+    fwd = LaunchRecorder(rot._rotary_attention_fwd, limit=smaller["BLOCK_M"] * smaller["BLOCK_N"])
+    monkeypatch.setattr(rot, "_rotary_attention_fwd", fwd)
+    with utils.emulate_arch(90), pytest.warns(RuntimeWarning, match="smaller configuration"):
+        out = rotary_attention(q, k, v, cos, sin)
+    assert [(l["BLOCK_M"], l["BLOCK_N"]) for l in fwd.launches] == [
+        (big["BLOCK_M"], big["BLOCK_N"]), (smaller["BLOCK_M"], smaller["BLOCK_N"])
+    ]
+    exact = rotary_attention_reference(q.double(), k.double(), v.double(), cos, sin)
+    same_dtype = rotary_attention_reference(q, k, v, cos, sin)
+    assert max_rel_err(out, exact) <= 3 * max_rel_err(same_dtype, exact) + ATOL[torch.float16]
+    fwd.launches.clear()  # the fallback is remembered: the next launch goes straight to it
+    with utils.emulate_arch(90):
+        rotary_attention(q, k, v, cos, sin)
+    assert [(l["BLOCK_M"], l["BLOCK_N"]) for l in fwd.launches] == [(smaller["BLOCK_M"], smaller["BLOCK_N"])]
+
+    monkeypatch.setattr(utils, "_FALLBACKS", {})
+    fwd.limit = 0  # the smaller configuration runs out too
+    with utils.emulate_arch(90), pytest.warns(RuntimeWarning), pytest.raises(RuntimeError, match="rotary_attention"):
+        rotary_attention(q, k, v, cos, sin)

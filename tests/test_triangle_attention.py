@@ -12,7 +12,8 @@ from fastfold_kernels.triangle_attention import (
     triangle_attention_reference,
     triangle_attention_torch,
 )
-from _util import max_rel_err, on_device, poison_
+from fastfold_kernels import utils
+from _util import LaunchRecorder, max_rel_err, on_device, poison_
 
 triangle_attention = on_device(triangle_attention)
 
@@ -174,21 +175,75 @@ def test_explicit_scale_and_bias_matter(fn):
     assert max_rel_err(expected, no_bias) > 1e-2
 
 
+# The tl.dot precisions each dtype can launch with (fp32: per torch.get_float32_matmul_precision()).
+PRECISIONS = {torch.float32: ("ieee", "tf32x3", "tf32"), torch.bfloat16: ("tf32",), torch.float16: ("tf32",)}
+TNAMES = {"*fp32": torch.float32, "*fp16": torch.float16, "*bf16": torch.bfloat16}
+
+
 @pytest.mark.parametrize("arch", [90, 80])
 def test_aot_configs(arch):
-    from fastfold_kernels.triangle_attention import _cuda_tiles
-
+    """One config per (q/k/v dtype, bias dtype, dot precision, mask) with the launcher's tiles."""
     configs = aot_configs(arch)
-    assert len({c.name for c in configs}) == len(configs) == 3 * 2
+    expected = {
+        (dtype, bias_dtype, precision, masked)
+        for dtype, bias_dtype in tri.MODEL_LAUNCH_DTYPES for precision in PRECISIONS[dtype] for masked in (False, True)
+    }  # fmt: skip
+    assert len({c.name for c in configs}) == len(configs) == len(expected)
+    seen = set()
     for c in configs:
-        dtype = {"*fp32": torch.float32, "*fp16": torch.float16, "*bf16": torch.bfloat16}[c.signature["q_ptr"]]
-        tiles = _cuda_tiles(32, dtype, arch)  # what the launcher launches on that arch
+        dtype, bias_dtype = TNAMES[c.signature["q_ptr"]], TNAMES[c.signature["bias_ptr"]]
+        precision = c.constexprs["DOT_PRECISION"]
+        seen.add((dtype, bias_dtype, precision, c.constexprs["HAS_MASK"]))
+        tiles = tri._cuda_tiles(32, dtype, arch, precision)  # what the launcher launches on that arch
         assert (c.num_warps, c.num_stages) == (tiles["num_warps"], tiles["num_stages"])
         assert all(c.constexprs[k] == tiles[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D"))
         assert c.uses_dot and c.constexprs["BLOCK_D"] == 32 and c.constexprs["UPCAST_DOT"] is False
         assert {"q_ptr", "bias_ptr", "mask_ptr", "I", "J", "H", "D", "qk_scale"} <= set(c.signature)
-    fp32 = [c for c in configs if c.signature["q_ptr"] == "*fp32"]
-    assert fp32 and all(c.constexprs["DOT_PRECISION"] == "ieee" for c in fp32)
+        assert c.signature["mask_ptr"] == ("*fp32" if c.constexprs["HAS_MASK"] else c.signature["q_ptr"])
+    assert seen == expected
+
+
+def _recording_backend(model, launches: set):
+    """Gives ``model`` its torch backend with a triangle_attention that records each launch's
+    (q dtype, bias dtype, head dim, mask given)."""
+    import dataclasses
+
+    from esmfold_fast.backend import BackendModule
+
+    base = model.set_backend("torch")
+
+    def triangle_attention(q, k, v, bias, mask=None, *args, **kwargs):
+        launches.add((q.dtype, bias.dtype, q.shape[-1], mask is not None))
+        return base.triangle_attention(q, k, v, bias, mask, *args, **kwargs)
+
+    recording = dataclasses.replace(base, triangle_attention=triangle_attention)
+    for module in model.modules():  # set_backend takes registered backends only
+        if isinstance(module, BackendModule):
+            module.ops = recording
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_aot_configs_cover_every_esmfold_launch(dtype):
+    """A (tiny) ESMFold in ``dtype`` folds a padded batch; every triangle_attention launch it makes (trunk
+    and sequence attention, with and without masks) has an AOT config of its dtypes, and
+    MODEL_LAUNCH_DTYPES lists exactly the dtype pairs a model makes."""
+    from esmfold_fast import ESMFold
+
+    model = ESMFold.from_config("tiny", backend="torch", dtype=dtype, num_blocks=1)
+    launches: set = set()
+    _recording_backend(model, launches)
+    with torch.no_grad():
+        model.infer(["ACDEFGHIK", "MKV"], num_recycles=0)  # padded: masked launches
+        model.infer("ACDEFGH", num_recycles=0)  # unpadded: the trunk's launches without a mask
+    pairs = {(q, b) for q, b, _, _ in launches}
+    assert pairs == {p for p in tri.MODEL_LAUNCH_DTYPES if p[1] == dtype}, launches
+    assert {m for *_, m in launches} == {False, True}
+    for arch in (90, 80):
+        have = {(TNAMES[c.signature["q_ptr"]], TNAMES[c.signature["bias_ptr"]], c.constexprs["HAS_MASK"],
+                 c.constexprs["DOT_PRECISION"]) for c in aot_configs(arch)}  # fmt: skip
+        for q_dtype, bias_dtype, _, masked in launches:
+            for precision in PRECISIONS[q_dtype]:
+                assert (q_dtype, bias_dtype, masked, precision) in have, (arch, q_dtype, bias_dtype, masked)
 
 
 def test_shape_errors_are_loud():
@@ -285,3 +340,107 @@ def test_kernel_double_backward_matches_reference():
     for name, got, exact in zip("qkvb", second(triangle_attention, torch.float32),
                                 second(triangle_attention_reference, torch.float64)):  # fmt: skip
         assert max_rel_err(got, exact) < 1e-5, name
+
+
+# --------------------------------------------------------------------------------------------
+# The CUDA launcher's tile configurations, run through the interpreter (emulate_arch)
+# --------------------------------------------------------------------------------------------
+# The torch setting that selects each fp32 dot precision (the policy, spelled out so the test can fail).
+MATMUL_PRECISION = {"ieee": "highest", "tf32x3": "high", "tf32": "medium"}
+# Error floors of fp32 launched on tensor cores (a GPU run; the interpreter computes tf32 dots in fp32).
+TF32_ATOL = {"tf32x3": 1e-5, "tf32": 5e-3}
+
+
+@pytest.fixture
+def matmul_precision():
+    """Sets torch.set_float32_matmul_precision for the test and restores it afterwards."""
+    before = torch.get_float32_matmul_precision()
+    yield torch.set_float32_matmul_precision
+    torch.set_float32_matmul_precision(before)
+
+
+def _tile_cases() -> list:
+    """One (arch, q/k/v dtype, bias dtype, precision) per distinct interpreted configuration (the tiles;
+    the interpreter ignores warps and stages) over sm_80/sm_90 and the model's launches, at D = 32."""
+    cases: dict[tuple, tuple] = {}
+    for arch in (80, 90):
+        for dtype, bias_dtype in tri.MODEL_LAUNCH_DTYPES:
+            for precision in PRECISIONS[dtype]:
+                tiles = tri._cuda_tiles(32, dtype, arch, precision)
+                key = (dtype, bias_dtype, tiles["BLOCK_M"], tiles["BLOCK_N"], tiles["BLOCK_D"])
+                cases.setdefault(key, (arch, dtype, bias_dtype, precision))
+    return list(cases.values())
+
+
+def _case_id(case) -> str:
+    arch, dtype, bias_dtype, precision = case
+    return f"sm{arch}-{str(dtype)[6:]}-bias_{str(bias_dtype)[6:]}{'-' + precision if dtype == torch.float32 else ''}"
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("case", _tile_cases(), ids=_case_id)
+def test_every_cuda_config(case, masked, matmul_precision):
+    """The kernel at each tile configuration the CUDA launcher picks, at a row length with ragged query
+    and key tiles, into a NaN-poisoned out=, against the float64 reference (bias as given)."""
+    arch, dtype, bias_dtype, precision = case
+    matmul_precision(MATMUL_PRECISION[precision] if dtype == torch.float32 else "highest")
+    tiles = tri._cuda_tiles(32, dtype, arch, precision)
+    B, I, J, H, D = 1, 2, max(tiles["BLOCK_M"], tiles["BLOCK_N"]) + 3, 2, 32
+    q, k, v, bias = make_inputs(B, I, J, H, D, seed=J + len(_case_id(case)))
+    q, k, v, bias = q.to(dtype), k.to(dtype), v.to(dtype), bias.to(bias_dtype)
+    mask = make_mask(B, I, J, J) if masked else None
+    out = poison_(torch.empty(B, I, J, H, D, dtype=dtype))
+    with utils.emulate_arch(arch):
+        triangle_attention(q, k, v, bias, mask, out=out)
+    assert torch.isfinite(out).all()
+    live = live_rows(mask, B, I)
+    exact = triangle_attention_reference(q.double(), k.double(), v.double(), bias.double(), mask)
+    same_dtype = triangle_attention_reference(q, k, v, bias, mask)
+    err, ref_err = max_rel_err(out[live], exact[live]), max_rel_err(same_dtype[live], exact[live])
+    tensor_core_fp32 = dtype == torch.float32 and precision != "ieee" and not utils.interpreting()
+    assert err <= 3 * ref_err + (TF32_ATOL[precision] if tensor_core_fp32 else ATOL[dtype]), (err, ref_err)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dot_precision_follows_torch_setting(dtype, monkeypatch, matmul_precision):
+    """The launch passes the DOT_PRECISION the policy gives for the torch setting, and on a GPU the
+    tiles chosen for that precision; half dtypes always "tf32"."""
+    q, k, v, bias = (t.to(dtype) for t in make_inputs(1, 1, 17, 2, 32, seed=31))
+    for setting, precision in (("highest", "ieee"), ("high", "tf32x3"), ("medium", "tf32")):
+        matmul_precision(setting)
+        kernel = LaunchRecorder(tri._triangle_attention_fwd)
+        monkeypatch.setattr(tri, "_triangle_attention_fwd", kernel)
+        with utils.emulate_arch(90):
+            triangle_attention(q, k, v, bias)
+        expected = precision if dtype == torch.float32 else "tf32"
+        (launched,) = kernel.launches
+        assert launched["DOT_PRECISION"] == expected
+        tiles = tri._cuda_tiles(32, dtype, 90, expected)
+        assert all(launched[key] == tiles[key] for key in ("BLOCK_M", "BLOCK_N", "BLOCK_D"))
+        monkeypatch.undo()
+
+
+def test_out_of_resources_falls_back_once_then_fails_loudly(monkeypatch):
+    """A launch that runs out of GPU resources is retried once with the next smaller tiles (and the
+    result is right); when that fails too, the error names the op."""
+    monkeypatch.setattr(utils, "_FALLBACKS", {})
+    B, I, J, H, D = 1, 1, 70, 2, 32
+    q, k, v, bias = (t.to(torch.float16) for t in make_inputs(B, I, J, H, D, seed=32))
+    big = tri._cuda_tiles(D, torch.float16, 90, "tf32")
+    smaller = tri._smaller(big)
+    assert smaller["BLOCK_M"] * smaller["BLOCK_N"] < big["BLOCK_M"] * big["BLOCK_N"]
+    kernel = LaunchRecorder(tri._triangle_attention_fwd, limit=smaller["BLOCK_M"] * smaller["BLOCK_N"])
+    monkeypatch.setattr(tri, "_triangle_attention_fwd", kernel)
+    with utils.emulate_arch(90), pytest.warns(RuntimeWarning, match="smaller configuration"):
+        out = triangle_attention(q, k, v, bias)
+    assert [(l["BLOCK_M"], l["BLOCK_N"]) for l in kernel.launches] == [
+        (big["BLOCK_M"], big["BLOCK_N"]), (smaller["BLOCK_M"], smaller["BLOCK_N"])
+    ]
+    exact = triangle_attention_reference(q.double(), k.double(), v.double(), bias.double())
+    same_dtype = triangle_attention_reference(q, k, v, bias)
+    assert max_rel_err(out, exact) <= 3 * max_rel_err(same_dtype, exact) + ATOL[torch.float16]
+
+    monkeypatch.setattr(utils, "_FALLBACKS", {})
+    kernel.limit = 0  # the smaller configuration runs out too
+    with utils.emulate_arch(90), pytest.warns(RuntimeWarning), pytest.raises(RuntimeError, match="triangle_attention"):
+        triangle_attention(q, k, v, bias)

@@ -3,14 +3,19 @@ path against a float64 evaluation of the reference, which itself matches transfo
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from types import SimpleNamespace
 
 import pytest
 import torch
-from _util import on_device, randomize_
+from _util import on_device, out_of_resources, randomize_
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastfold_kernels.triangle_multiplicative_update as tmu
+import fastfold_kernels.utils as kutils
 from fastfold_kernels import AOTConfig
+from fastfold_kernels.utils import FP32_DOT_PRECISIONS, aot_precisions, emulate_arch
 from fastfold_kernels.triangle_multiplicative_update import (
     TriMulWeights,
     aot_configs,
@@ -180,20 +185,133 @@ def test_triton_chunk_size_means_rows_not_channels(monkeypatch):
     torch.testing.assert_close(by_channels, whole, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", [90, 80])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_triton_tiles_of_each_arch(arch, dtype, monkeypatch, poisoned_empty):
-    """The tiles each GPU generation launches, run through the interpreter. c_z = 48 pads to 64, so
-    sm_80's fp32 projection streams c_z in two 32-wide slices (the second partial) and sm_90's fp32
-    output kernel makes its output channels in two 32-wide steps (the second partial)."""
-    monkeypatch.setattr(tmu, "_launch_blocks", lambda dt, device, c_z: tmu._blocks(dt, arch, c_z))
-    blk = tmu._blocks(dtype, arch, 48)
-    if dtype == torch.float32:
-        assert (blk.proj_k, blk.out_n) == ((64, 32) if arch == 90 else (32, 64))
-    w = _random_weights(48, 40, seed=9)
-    z, mask = _inputs(1, 17, 48, "padded", seed=10)
-    for outgoing in (True, False):
-        _run_and_check("triton", z, mask, w, outgoing, dtype)
+@contextlib.contextmanager
+def _matmul_precision(setting: str):
+    """torch.get_float32_matmul_precision() == ``setting`` within the block, restored after."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(setting)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+_TORCH_SETTING = {prec: setting for setting, prec in FP32_DOT_PRECISIONS.items()}
+_CASE_C_Z, _CASE_C_H = 48, 20  # pad to 64 and 32: ragged channel edges in every tile
+
+
+def _tiles(blk) -> tuple:
+    """The tiles of a ``_Blocks`` that the interpreter sees (not warps and stages)."""
+    return tuple(v for k, v in blk._asdict().items() if not k.endswith(("_warps", "_stages")))
+
+
+def _launch_config_cases() -> list[tuple[torch.dtype, str, int, int]]:
+    """(dtype, dot precision, arch, L): one per distinct set of tiles the CUDA launcher picks on sm_90
+    and sm_80, over dtypes and fp32 precisions (warps, stages and the precision itself change nothing
+    under the interpreter, so they make no case of their own). L is 3 past the product tile (2x2
+    tiles, ragged) in the first case of each (dtype, product M x N tile), else 13: the projection and output
+    tiles run over the L^2 positions, which 13^2 = 169 already spans with a ragged edge."""
+    cases, products = {}, set()
+    for arch in (90, 80):
+        for dt in (torch.float32, torch.bfloat16, torch.float16):
+            for prec in aot_precisions(dt):
+                blk = tmu._blocks(dt, prec, arch, _CASE_C_Z)
+                if (dt, _tiles(blk)) not in cases:
+                    new_product = (dt, blk.prod_m, blk.prod_n) not in products
+                    products.add((dt, blk.prod_m, blk.prod_n))
+                    cases[dt, _tiles(blk)] = (dt, prec, arch, blk.prod_m + 3 if new_product else 13)
+    return list(cases.values())
+
+
+@pytest.mark.parametrize("dtype, prec, arch, L", _launch_config_cases(), ids=lambda v: str(v).replace("torch.", ""))
+def test_triton_every_launch_config(dtype, prec, arch, L, poisoned_empty):
+    """Each distinct CUDA launch configuration, run through the interpreter under ``emulate_arch``
+    (c_z = 48 and c_h = 20 pad to 64 and 32). One call returns the update (padded mask, outgoing,
+    all hidden channels at once, at L); the other adds it into z (no mask, incoming, hidden channels
+    in chunks of 8, the last partial, at L = 11), so both projection variants, both product stride
+    orders and both output variants run in every configuration."""
+    w = _random_weights(_CASE_C_Z, _CASE_C_H, seed=9)
+    z, mask = _inputs(1, L, _CASE_C_Z, "padded", seed=10)
+    z_add, _ = _inputs(1, 11, _CASE_C_Z, "none", seed=11)
+    with emulate_arch(arch), _matmul_precision(_TORCH_SETTING.get(prec, "highest")):
+        _run_and_check("triton", z, mask, w, True, dtype)
+        _check_added_into_z(z_add, None, w, False, dtype, hidden_chunk=8)
+
+
+def _check_added_into_z(z, mask, w, outgoing, dtype, **chunks):
+    """``add_into_z``: the call returns z itself, now z + update within the same tolerance as the update
+    (against float64 z + update; the same-dtype reference adds the rounded update in the dtype)."""
+    ref64, ref_same, _ = _references(z, mask, w, outgoing, dtype)
+    zz = z.to(dtype)
+    sum64, sum_same = z.to(dtype).double() + ref64, zz + ref_same
+    refs = (sum64, sum_same, 2 * torch.finfo(dtype).eps * sum64.abs().max().item())
+    with torch.no_grad():
+        out = triangle_multiplicative_update(zz, mask, _cast(w, dtype), outgoing, add_into_z=True, **chunks)
+    assert out is zz and torch.isfinite(out).all()
+    err, ref_err, atol = _errors(out, refs)
+    assert err <= 3 * ref_err + atol, f"err {err:.3e} vs reference err {ref_err:.3e} (atol {atol:.1e})"
+    return out
+
+
+def _capture_launches(monkeypatch) -> list[tuple[str, dict]]:
+    """(kernel name, launch keyword arguments) of every launch of the three kernels, still run."""
+    launches = []
+    for name in ("_trimul_project_kernel", "_trimul_product_kernel", "_trimul_output_kernel"):
+        kernel = getattr(tmu, name)
+
+        def run(*args, _name=name, _run=kernel.run, **kwargs):
+            launches.append((_name, kwargs))
+            return _run(*args, **kwargs)
+
+        monkeypatch.setattr(kernel, "run", run)
+    return launches
+
+
+@pytest.mark.parametrize("setting", list(FP32_DOT_PRECISIONS))
+def test_triton_dot_precision_follows_torch(setting, monkeypatch):
+    """fp32 launches pass the DOT_PRECISION ``torch.get_float32_matmul_precision()`` maps to, with that
+    precision's tiles; bf16 launches pass "tf32" under every setting. The setting is restored after."""
+    launches = _capture_launches(monkeypatch)
+    w = _random_weights(16, 16, seed=41)
+    z, mask = _inputs(1, 9, 16, "random", seed=42)
+    before = torch.get_float32_matmul_precision()
+    with _matmul_precision(setting):
+        for dtype, expected in ((torch.float32, FP32_DOT_PRECISIONS[setting]), (torch.bfloat16, "tf32")):
+            launches.clear()
+            triangle_multiplicative_update(z.to(dtype), mask, _cast(w, dtype))
+            blk = tmu._blocks(dtype, expected, None, 16)
+            assert sorted(name for name, _ in launches) == sorted(
+                ["_trimul_project_kernel", "_trimul_product_kernel", "_trimul_output_kernel"])
+            for name, kwargs in launches:
+                assert kwargs["DOT_PRECISION"] == expected, name
+            (proj,) = [kw for name, kw in launches if name == "_trimul_project_kernel"]
+            (outk,) = [kw for name, kw in launches if name == "_trimul_output_kernel"]
+            assert (proj["BLOCK_P"], proj["BLOCK_K"], outk["BLOCK_P"], outk["BLOCK_N"]) == (
+                blk.proj_p, blk.proj_k, blk.out_p, blk.out_n)
+    assert torch.get_float32_matmul_precision() == before
+
+
+def test_triton_out_of_resources_falls_back_once(monkeypatch):
+    """A product launch out of resources is retried once with half its tiles (a warning), gives the
+    same result, and later launches go to the fallback directly; the output kernel out of resources
+    at every size is a RuntimeError naming it."""
+    w = _cast(_random_weights(16, 16, seed=43), torch.float32)
+    z, mask = _inputs(1, 21, 16, "random", seed=44)
+    z = z.float()
+    expected = triangle_multiplicative_update(z, mask, w)
+    big = tmu._blocks(torch.float32, kutils.dot_precision(torch.float32), None, 16).prod_m
+    raised = out_of_resources(monkeypatch, tmu._trimul_product_kernel, lambda kw: kw["BLOCK_M"] == big)
+    with pytest.warns(RuntimeWarning, match="trimul_product"):
+        got = triangle_multiplicative_update(z, mask, w)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert len(raised) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(triangle_multiplicative_update(z, mask, w), expected, rtol=1e-5, atol=1e-5)
+    assert len(raised) == 1  # remembered: the failing configuration is not tried again
+    out_of_resources(monkeypatch, tmu._trimul_output_kernel, lambda kw: True)
+    with pytest.warns(RuntimeWarning), pytest.raises(RuntimeError, match="trimul_output"):
+        triangle_multiplicative_update(z, mask, w)
 
 
 @pytest.mark.parametrize("outgoing", [True, False], ids=["outgoing", "incoming"])
@@ -242,24 +360,36 @@ def test_input_errors():
 
 @pytest.mark.parametrize("arch", [90, 80])
 def test_aot_configs(arch):
+    """The configs are the launches: per dtype and fp32 precision, the tiles ``_blocks`` gives the
+    launcher, every kernel variant (projection with/without mask, product, output returning/adding)."""
     configs = aot_configs(arch)
     assert configs and all(isinstance(c, AOTConfig) for c in configs)
-    for c in configs:  # what the launcher launches on that arch
-        dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[c.name.split("_")[2]]
-        blk = tmu._blocks(dt, arch, 128)
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    for c in configs:
+        tdt = c.name.split("_")[2]
+        dt = dtypes[tdt]
+        prec = c.name.split("_")[3] if dt == torch.float32 else "tf32"
+        assert c.constexprs["DOT_PRECISION"] == prec and c.constexprs["DOT_UPCAST"] is False
+        blk = tmu._blocks(dt, prec, arch, 128)
         if c.name.startswith("trimul_project"):
             assert (c.constexprs["BLOCK_P"], c.constexprs["BLOCK_H"], c.constexprs["BLOCK_K"], c.num_warps) == (
                 blk.proj_p, blk.proj_h, blk.proj_k, blk.proj_warps)
+        if c.name.startswith("trimul_product"):
+            assert (c.constexprs["BLOCK_M"], c.constexprs["BLOCK_N"], c.constexprs["BLOCK_K"], c.num_warps) == (
+                blk.prod_m, blk.prod_n, blk.prod_k, blk.prod_warps)
         if c.name.startswith("trimul_output"):
             assert (c.constexprs["BLOCK_P"], c.constexprs["BLOCK_N"], c.num_warps) == (
                 blk.out_p, blk.out_n, blk.out_warps)
-    assert len({c.name for c in configs}) == len(configs)
+            assert c.constexprs["ADD_Z"] == c.name.endswith("_add")
+    names = {c.name for c in configs}
+    assert len(names) == len(configs)
+    for tag in ("fp32_ieee", "fp32_tf32x3", "fp32_tf32", "fp16", "bf16"):
+        variants = ("project_{}", "project_{}_mask", "product_{}", "output_{}", "output_{}_add")
+        assert {"trimul_" + v.format(tag) for v in variants} <= names, tag
+    assert len(configs) == 5 * 5
     assert all(c.uses_dot for c in configs)
     for c in configs:
-        params = set(c.signature) | set(c.constexprs)
         assert all(v.startswith(("*", "i", "fp")) for v in c.signature.values())
-        assert "DOT_PRECISION" in params
-        assert c.constexprs["DOT_PRECISION"] == ("tf32x3" if "fp32" in c.name else "tf32")
 
 
 @pytest.mark.parametrize("outgoing", [True, False])
@@ -276,6 +406,74 @@ def test_torch_path_adds_into_z_in_place(outgoing, mask_kind, poisoned_empty):
         out = triangle_multiplicative_update_torch(zz, mask, w, outgoing, chunk_size=chunk_size, add_into_z=True)
         assert out is zz
         assert (out - expected).abs().max().item() < 1e-12 * expected.abs().max().item()
+
+
+@pytest.mark.parametrize("outgoing, mask_kind", [(True, "random"), (False, "none")], ids=["outgoing", "incoming"])
+def test_triton_adds_into_z_in_place(outgoing, mask_kind, poisoned_empty):
+    """The Triton ``add_into_z`` (default hidden chunk: c_h // 8 = 2 channels, 8 chunks; odd L) equals
+    z + the update of the out-of-place call, both within the float64 tolerance of z + update."""
+    w = _random_weights(24, 16, seed=23)
+    z, mask = _inputs(1, 37, 24, mask_kind, seed=24)
+    out = _check_added_into_z(z, mask, w, outgoing, torch.float32)
+    separate = z.float() + triangle_multiplicative_update(z.float(), mask, _cast(w, torch.float32), outgoing)
+    torch.testing.assert_close(out, separate, rtol=1e-5, atol=1e-5)
+    assert tmu.triangle_multiplicative_update.supports_add_into_z
+
+
+def test_triton_add_into_z_strided_z_and_autograd():
+    """A non-contiguous z is updated in place too (computed in a contiguous copy, copied back); under
+    autograd add_into_z is a clear error and z is left alone."""
+    w = _cast(_random_weights(16, 16, seed=25), torch.float32)
+    z, mask = _inputs(1, 11, 16, "random", seed=26)
+    zt = z.float().transpose(1, 2).contiguous().transpose(1, 2)  # z's values, not contiguous
+    expected = zt + triangle_multiplicative_update(zt, mask, w, False)
+    with torch.no_grad():
+        out = triangle_multiplicative_update(zt, mask, w, False, add_into_z=True)
+    assert out is zt and not zt.is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    leaf = z.float().requires_grad_()
+    before = leaf.detach().clone()
+    with pytest.raises(RuntimeError, match="inference-only"):
+        triangle_multiplicative_update(leaf, mask, w, add_into_z=True)
+    assert torch.equal(leaf.detach(), before)
+
+
+class _AllocatedBytes(TorchDispatchMode):
+    """Sums the bytes of every storage an op creates (outputs whose storage no input owns): an upper
+    bound of the extra memory a call holds at its peak."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes, self._seen = 0, set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        owned = {t.untyped_storage().data_ptr() for t in torch.utils._pytree.tree_leaves((args, kwargs))
+                 if isinstance(t, torch.Tensor)}  # fmt: skip
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                ptr = t.untyped_storage().data_ptr()
+                if ptr not in owned and ptr not in self._seen:
+                    self._seen.add(ptr)
+                    self.bytes += t.untyped_storage().nbytes()
+        return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_triton_add_into_z_memory(dtype):
+    """add_into_z allocates x (the one pair-sized buffer: B L^2 c_h, fp32 for fp16 z) and a, b for
+    c_h // 8 channels (2 B L^2 (c_h // 8) in z's dtype), plus small vectors (the fp32 LN_out weights)."""
+    B, L, c_z, c_h = 1, 37, 16, 24
+    w = _cast(_random_weights(c_z, c_h, seed=27), dtype)
+    z, mask = _inputs(B, L, c_z, "random", seed=28)
+    z, mask = z.to(dtype), mask.float()
+    x_bytes = B * L * L * c_h * 4
+    ab_bytes = 2 * B * L * L * (c_h // 8) * dtype.itemsize
+    small = 2 * c_h * 4
+    with torch.no_grad(), _AllocatedBytes() as mode:
+        triangle_multiplicative_update(z, mask, w, add_into_z=True)
+    assert x_bytes <= mode.bytes <= x_bytes + ab_bytes + small, (mode.bytes, x_bytes, ab_bytes)
+    assert ab_bytes <= x_bytes // 4
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -16,10 +16,13 @@ from ..config import ESM2_SIZES, ESM2Config
 from .files import (
     HUB_MODEL_FILES,
     CheckpointError,
+    Weight,
+    as_tensor,
     build_empty,
     fair_esm_file,
     load_into,
     resolve,
+    stored_tensors,
     torch_load,
     transformers_directory,
 )
@@ -52,7 +55,7 @@ def empty_esm2(cls: type["ESM2"], config: ESM2Config, device, dtype, *, lm_head:
     return model
 
 
-def load_esm2_state_dict(model: "ESM2", state_dict: Mapping[str, torch.Tensor], source: str | os.PathLike) -> None:
+def load_esm2_state_dict(model: "ESM2", state_dict: Mapping[str, Weight], source: str | os.PathLike) -> None:
     """Load a state dict in fair-esm's ESM2 layout (prefixes already stripped) into ``model``; strict.
 
     Allowances: ``lm_head.*`` keys are dropped when the model has no LM head, contact-head keys when it
@@ -70,7 +73,7 @@ def load_esm2_state_dict(model: "ESM2", state_dict: Mapping[str, torch.Tensor], 
     if no_contacts:
         ignore_missing += list(CONTACT_KEYS)
     if model.lm_head is not None and "lm_head.weight" in sd and "embed_tokens.weight" in sd:
-        if not torch.equal(sd["lm_head.weight"], sd["embed_tokens.weight"]):
+        if not torch.equal(as_tensor(sd["lm_head.weight"]), as_tensor(sd["embed_tokens.weight"])):
             raise CheckpointError(f"{source}: lm_head.weight differs from embed_tokens.weight (ESM-2 ties them)")
     load_into(model, sd, source, ignore_missing=ignore_missing)
     if no_contacts:
@@ -86,7 +89,7 @@ def load_esm2_state_dict(model: "ESM2", state_dict: Mapping[str, torch.Tensor], 
 _FAIR_ESM_PREFIX = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")
 
 
-def esm2_state_dict_from_fair_esm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def esm2_state_dict_from_fair_esm(state_dict: Mapping[str, Weight]) -> dict[str, Weight]:
     """Strip fair-esm's raw ``encoder.sentence_encoder.`` / ``encoder.`` prefixes (as ``esm.pretrained``)."""
     return {_FAIR_ESM_PREFIX.sub("", k): v for k, v in state_dict.items()}
 
@@ -109,7 +112,7 @@ def esm2_config_from_fair_esm(cfg: Any, source: str = "checkpoint") -> ESM2Confi
     return config
 
 
-def read_fair_esm_esm2(path: Path) -> tuple[ESM2Config, dict[str, torch.Tensor], Path | None]:
+def read_fair_esm_esm2(path: Path) -> tuple[ESM2Config, dict[str, Weight], Path | None]:
     """A fair-esm ESM-2 ``.pt`` -> its config, its state dict in our layout (contact regression merged
     from the sibling ``<name>-contact-regression.pt`` when there is one) and that file, or None."""
     state, model_cfg = fair_esm_file(path, "ESM-2")
@@ -118,14 +121,14 @@ def read_fair_esm_esm2(path: Path) -> tuple[ESM2Config, dict[str, torch.Tensor],
     regression = path.with_name(path.stem + "-contact-regression.pt")
     if not regression.is_file():
         return config, sd, None
-    reg = torch_load(regression)
+    reg, mapped = torch_load(regression)
     if not isinstance(reg, Mapping) or not isinstance(reg.get("model"), Mapping):
         raise CheckpointError(f"{regression}: not a contact regression file (expected {{'model': {{...}}}})")
-    sd.update(reg["model"])
+    sd.update(stored_tensors(reg["model"], mapped, regression))
     return config, sd, regression
 
 
-def esm2_config_from_state_dict(sd: Mapping[str, torch.Tensor], source: Path) -> ESM2Config:
+def esm2_config_from_state_dict(sd: Mapping[str, Weight], source: Path) -> ESM2Config:
     """ESM-2 sizes read off the weights (an LM stored inside an ESMFold file has no config of its own)."""
     try:
         embed = sd["embed_tokens.weight"].shape[1]
@@ -171,8 +174,8 @@ _HF_DROPPED = re.compile(r"^(embeddings\.position_ids|embeddings\.position_embed
 
 
 def esm2_state_dict_from_transformers(
-    sd: Mapping[str, torch.Tensor], prefix: str = "", lm_head: bool | None = None
-) -> dict[str, torch.Tensor]:
+    sd: Mapping[str, Weight], prefix: str = "", lm_head: bool | None = None
+) -> dict[str, Weight]:
     """Map transformers ``EsmModel`` / ``EsmForMaskedLM`` keys to :class:`ESM2`'s (fair-esm's).
 
     ``prefix`` is where the ``EsmModel`` sits (``"esm."`` inside ``EsmForMaskedLM`` and
@@ -186,8 +189,8 @@ def esm2_state_dict_from_transformers(
     """
     if not prefix and "embeddings.word_embeddings.weight" not in sd and "esm.embeddings.word_embeddings.weight" in sd:
         prefix = "esm."
-    out: dict[str, torch.Tensor] = {}
-    shared_inv_freq: torch.Tensor | None = None
+    out: dict[str, Weight] = {}
+    shared_inv_freq: Weight | None = None
     n_layers = 0
     for key, value in sd.items():
         if not key.startswith(prefix):
@@ -229,7 +232,7 @@ def esm2_state_dict_from_transformers(
     return out
 
 
-def _lm_head_from_transformers(sd: Mapping[str, torch.Tensor], mapped: Mapping[str, torch.Tensor]) -> dict:
+def _lm_head_from_transformers(sd: Mapping[str, Weight], mapped: Mapping[str, Weight]) -> dict:
     out = {}
     for key, value in sd.items():
         if key.startswith(("lm_head.dense.", "lm_head.layer_norm.")) or key == "lm_head.bias":

@@ -25,6 +25,7 @@ from .esm2 import (
 from .files import (
     HUB_MODEL_FILES,
     CheckpointError,
+    Weight,
     build_empty,
     fair_esm_file,
     load_into,
@@ -65,9 +66,7 @@ def _empty_esmfold(cls, config: ESMFoldConfig, device, dtype) -> "ESMFold":
     def final_dtypes(model: "ESMFold") -> None:
         # before the storage exists: float32 islands get the checkpoint's full precision, and an LM that will
         # run in fp16 is never held in float32 on the device
-        model.keep_float32_islands()
-        if model.lm_in_fp16(device):
-            model.esm.half()
+        model.apply_dtype_layout(device)
 
     return build_empty(lambda: cls(config), device, dtype, before_materialize=final_dtypes)
 
@@ -83,7 +82,7 @@ def _folding_part(model: "ESMFold") -> nn.Module:
     return part
 
 
-def _split_lm(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def _split_lm(sd: Mapping[str, Weight]) -> tuple[dict[str, Weight], dict[str, Weight]]:
     lm = {k[len("esm.") :]: v for k, v in sd.items() if k.startswith("esm.")}
     rest = {k: v for k, v in sd.items() if not k.startswith("esm.")}
     return lm, rest
@@ -99,8 +98,12 @@ def esmfold_config_from_transformers(config: Mapping[str, Any], source: str) -> 
     if not config.get("is_folding_model", config.get("esmfold_config") is not None):
         raise CheckpointError(f"{source}: not an EsmForProteinFolding config (is_folding_model)")
     esm = esm2_config_from_transformers(config, source)
+    folding = dict(config.get("esmfold_config") or {})
+    # transformers' trunk.chunk_size (default 128) sizes its own unfused attention's chunks; ours are planned
+    # from memory by the backend (esmfold_fast.memory), and set_chunk_size is the user's cap.
+    folding["trunk"] = {k: v for k, v in dict(folding.get("trunk") or {}).items() if k != "chunk_size"}
     try:
-        return ESMFoldConfig.from_dict({**dict(config.get("esmfold_config") or {}), "esm": dataclasses.asdict(esm)})
+        return ESMFoldConfig.from_dict({**folding, "esm": dataclasses.asdict(esm)})
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{source}: cannot read the ESMFold config ({err})") from err
 
@@ -108,7 +111,7 @@ def esmfold_config_from_transformers(config: Mapping[str, Any], source: str) -> 
 def esmfold_from_transformers(
     cls: type["ESMFold"],
     raw_config: Mapping[str, Any],
-    state: Mapping[str, torch.Tensor],
+    state: Mapping[str, Weight],
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     sources: tuple[str, str] = ("config", "state dict"),

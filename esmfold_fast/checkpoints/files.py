@@ -2,18 +2,30 @@
 
 Never unpickles arbitrary objects (``weights_only=True`` with an allow-list: fair-esm's
 ``argparse.Namespace`` and, when omegaconf is installed, the OmegaConf containers the released
-``esmfold_3B_v1.pt`` pickles its config as), memory-maps where the format allows so a multi-GB file
-is never held twice, and turns every failure into a :class:`CheckpointError` whose one-line message
-names the file. Nothing is ever downloaded: hub names resolve from the local Hugging Face cache
-through huggingface_hub, fair-esm names from the torch hub cache.
+``esmfold_3B_v1.pt`` pickles its config as), and turns every failure into a :class:`CheckpointError`
+whose one-line message names the file. Nothing is ever downloaded: hub names resolve from the local
+Hugging Face cache through huggingface_hub, fair-esm names from the torch hub cache.
+
+Lean loading: the model is built on the meta device in its final dtypes and given storage on its final
+device (:func:`build_empty`); the checkpoint file is memory-mapped, never read whole, and every tensor
+is copied straight into its parameter (cast there) as a :class:`StoredTensor`, whose mapped pages are
+then handed back to the kernel (``madvise``; a ``torch.load`` mapping is recognised through Linux's
+``/proc/self/maps``). Pages of a mapping count in the resident set while they are mapped, so without
+that a load would peak at the model plus the whole file (2x for fp32, 3x for an fp16 LM read from an
+fp32 file); with it the peak is the model plus one 8 MB piece. A legacy (non-zip) ``.pt`` cannot be
+mapped and is read whole.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
+import math
+import mmap
 import os
+import struct
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence, Union
 
@@ -61,53 +73,219 @@ def _load_error(path: Path, err: BaseException) -> CheckpointError:
     return CheckpointError(f"{path}: cannot read checkpoint ({first_line(err)})")
 
 
-def torch_load(path: str | os.PathLike) -> object:
-    """``torch.load`` with ``weights_only=True``, memory-mapped when the file is in zip format."""
+def torch_load(path: str | os.PathLike) -> tuple[object, bool]:
+    """``torch.load`` with ``weights_only=True`` -> (the object, whether its tensors are memory-mapped:
+    they are when the file is in the zip format, the default since torch 1.6)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     with torch.serialization.safe_globals(_allowed_globals()):
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True), True
         except RuntimeError as err:
             if "mmap" not in str(err) and "zip" not in str(err):
                 raise _load_error(path, err) from err
         except Exception as err:  # truncated zip, bad pickle, disallowed global ...
             raise _load_error(path, err) from err
-        try:  # legacy (non-zip) serialisation cannot be memory-mapped
-            return torch.load(path, map_location="cpu", weights_only=True)
+        try:  # legacy (non-zip) serialisation cannot be memory-mapped: read whole
+            return torch.load(path, map_location="cpu", weights_only=True), False
         except Exception as err:
             raise _load_error(path, err) from err
 
 
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a ``.safetensors`` or ``.bin``/``.pt`` state dict (tensors stay memory-mapped)."""
+# ----------------------------------------------------------------------------------------------
+# tensors of a mapped file, copied one at a time
+# ----------------------------------------------------------------------------------------------
+
+_MADV_DONTNEED = 4  # Linux and macOS
+
+
+def _libc_madvise() -> Callable | None:
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):  # no libc to ask (Windows): pages stay until the mapping goes
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return madvise
+
+
+_MADVISE = _libc_madvise()
+
+
+def release_pages(tensor: torch.Tensor) -> None:
+    """Drop the resident pages of a tensor that is a view of a private, read-only file mapping.
+
+    They are clean copies of the file, so the kernel reads them again if they are touched later (by a
+    tensor sharing them, or a page straddling two tensors); nothing is lost. Must never be called on
+    anonymous memory, whose pages would read back as zeros.
+    """
+    if tensor.is_contiguous():
+        start, nbytes = tensor.data_ptr(), tensor.numel() * tensor.element_size()
+    else:
+        storage = tensor.untyped_storage()
+        start, nbytes = storage.data_ptr(), storage.nbytes()
+    if _MADVISE is None or nbytes == 0:
+        return
+    page = start // mmap.PAGESIZE * mmap.PAGESIZE
+    _MADVISE(page, start + nbytes - page, _MADV_DONTNEED)
+
+
+# A mapped tensor is copied this many bytes at a time, each piece's pages given back before the next is
+# read: the transient cost is one piece, not the largest tensor (26 MB for a 650M layer, 105 MB for 3B).
+COPY_PIECE_BYTES = 8 << 20
+
+
+class StoredTensor:
+    """A checkpoint tensor not copied yet: a view of the file's memory mapping (``mapped``), or of a
+    file read whole (legacy ``torch.save`` format). :meth:`copy_to` puts it into its parameter in the
+    parameter's dtype and device, and gives a mapped tensor's pages back as it goes."""
+
+    __slots__ = ("tensor", "mapped")
+
+    def __init__(self, tensor: torch.Tensor, mapped: bool) -> None:
+        self.tensor = tensor
+        self.mapped = mapped
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.tensor.shape
+
+    def copy_to(self, target: torch.Tensor) -> None:
+        src = self.tensor
+        if not self.mapped:
+            target.copy_(src)
+        elif not (src.is_contiguous() and target.is_contiguous()):
+            target.copy_(src)
+            release_pages(src)
+        else:
+            flat_src, flat_dst = src.view(-1), target.view(-1)
+            step = max(1, COPY_PIECE_BYTES // src.element_size())
+            for i in range(0, flat_src.numel(), step):
+                piece = flat_src[i : i + step]
+                flat_dst[i : i + step].copy_(piece)
+                release_pages(piece)
+
+
+# A state-dict value: a checkpoint's tensors are StoredTensors, a model's in memory (from_transformers) plain.
+Weight = Union[torch.Tensor, StoredTensor]
+
+
+def as_tensor(value: Weight) -> torch.Tensor:
+    """The values of a state-dict entry (for the few checks that read them before the copy)."""
+    return value.tensor if isinstance(value, StoredTensor) else value
+
+
+def _file_mappings(path: Path) -> list[tuple[int, int]]:
+    """Address ranges of this process's mappings of ``path``, from Linux's ``/proc/self/maps`` (none elsewhere)."""
+    target = str(path.resolve())
+    try:
+        with open("/proc/self/maps") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    ranges = []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == target:
+            low, high = fields[0].split("-")
+            ranges.append((int(low, 16), int(high, 16)))
+    return ranges
+
+
+def stored_tensors(state: Mapping, mapped: bool, path: Path) -> dict[str, StoredTensor]:
+    """A state dict ``torch.load`` gave (``mapped``: with ``mmap=True``) as :class:`StoredTensor`. A tensor
+    counts as mapped only where its storage lies inside a mapping of ``path``: whatever torch copied instead
+    is anonymous memory, whose pages must never be handed back."""
+    ranges = _file_mappings(path) if mapped else []
+    out = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: {key} is a {type(value).__name__}, not a tensor")
+        storage = value.untyped_storage()
+        start, end = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+        out[key] = StoredTensor(value, any(low <= start and end <= high for low, high in ranges))
+    return out
+
+
+# safetensors' dtype names (https://github.com/huggingface/safetensors, format.md).
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}  # fmt: skip
+
+
+def _safetensors_header(path: Path, size: int) -> tuple[dict, int]:
+    """The JSON header (name -> dtype, shape, data_offsets) and where the data starts; checks that every
+    tensor lies inside the file, so a truncated file fails here, naming itself."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        (n,) = struct.unpack("<Q", head) if len(head) == 8 else (size,)
+        if 8 + n > size:
+            raise CheckpointError(f"{path}: cannot read safetensors (file shorter than its header)")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as err:
+            raise CheckpointError(f"{path}: cannot read safetensors (invalid header: {err})") from err
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: cannot read safetensors (the header is not a JSON object)")
+    header.pop("__metadata__", None)
+    for name, entry in header.items():
+        try:
+            begin, end = entry["data_offsets"]
+            dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
+            numel = math.prod(int(d) for d in entry["shape"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: cannot read safetensors (bad header entry {name}: {err!r})") from err
+        if dtype is None:
+            raise CheckpointError(f"{path}: {name} has dtype {entry['dtype']}, which torch cannot hold")
+        if end - begin != numel * dtype.itemsize or not 0 <= begin <= end <= size - 8 - n:
+            raise CheckpointError(f"{path}: cannot read safetensors ({name} lies outside the file: truncated?)")
+    return header, 8 + n
+
+
+def read_safetensors(path: Path) -> dict[str, StoredTensor]:
+    """Every tensor of a ``.safetensors`` file as a view of one private memory mapping of it."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    size = path.stat().st_size
+    header, data_start = _safetensors_header(path, size)
+    if not header:
+        return {}
+    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
+    data = torch.empty(0, dtype=torch.uint8).set_(storage)
+    out = {}
+    for name, entry in header.items():
+        begin, end = entry["data_offsets"]
+        raw = data[data_start + begin : data_start + end]
+        dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+        aligned = (data_start + begin) % dtype.itemsize == 0  # the format does not promise it; writers align
+        raw = raw if aligned else raw.clone()  # a copy is anonymous memory: its pages must not be released
+        out[name] = StoredTensor(raw.view(dtype).view(entry["shape"]), mapped=aligned)
+    return out
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, StoredTensor]:
+    """Read a ``.safetensors`` or ``.bin``/``.pt`` state dict (memory-mapped where the format allows)."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no such checkpoint file")
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except Exception as err:
-            raise CheckpointError(f"{path}: cannot read safetensors ({first_line(err)})") from err
-    state = torch_load(path)
+        return read_safetensors(path)
+    state, mapped = torch_load(path)
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return dict(state)
+    return stored_tensors(state, mapped, path)
 
 
-def fair_esm_file(path: Path, what: str) -> tuple[Mapping, object]:
+def fair_esm_file(path: Path, what: str) -> tuple[dict[str, StoredTensor], object]:
     """A fair-esm ``{"cfg": {"model": cfg}, "model": state_dict}`` file -> (state dict, cfg["model"])."""
-    data = torch_load(path)
+    data, mapped = torch_load(path)
     if not isinstance(data, Mapping) or not isinstance(data.get("model"), Mapping) or "cfg" not in data:
         raise CheckpointError(f"{path}: not a fair-esm {what} checkpoint (expected {{'cfg': ..., 'model': ...}})")
     cfg = data["cfg"]
     model_cfg = cfg.get("model") if isinstance(cfg, Mapping) else getattr(cfg, "model", None)
     if model_cfg is None:
         raise CheckpointError(f"{path}: no cfg['model'] in the checkpoint (not a fair-esm {what} file)")
-    return data["model"], model_cfg
+    return stored_tensors(data["model"], mapped, path), model_cfg
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,7 +322,7 @@ def transformers_weight_files(directory: str | os.PathLike) -> list[Path]:
     raise CheckpointError(f"{directory}: no weights; expected one of {', '.join(TRANSFORMERS_WEIGHT_FILES)}")
 
 
-def transformers_directory(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], str]:
+def transformers_directory(directory: str | os.PathLike) -> tuple[dict, dict[str, StoredTensor], str]:
     """``config.json`` as a dict, every weight file in one (memory-mapped) state dict, and the source
     to name in errors."""
     path = Path(directory) / "config.json"
@@ -155,7 +333,7 @@ def transformers_directory(directory: str | os.PathLike) -> tuple[dict, dict[str
     except ValueError as err:
         raise CheckpointError(f"{path}: invalid JSON ({err})") from err
     files = transformers_weight_files(directory)
-    state: dict[str, torch.Tensor] = {}
+    state: dict[str, StoredTensor] = {}
     for file in files:
         state.update(load_state_dict_file(file))
     return config, state, ", ".join(str(f) for f in files)
@@ -313,11 +491,12 @@ def build_empty(
 
 def load_into(
     module: nn.Module,
-    state_dict: Mapping[str, torch.Tensor],
+    state_dict: Mapping[str, Weight],
     source: str | os.PathLike,
     ignore_missing: Iterable[str] = (),
 ) -> None:
-    """Copy ``state_dict`` into ``module`` strictly; a mismatch raises naming ``source`` and the keys.
+    """Copy ``state_dict`` into ``module`` strictly, one tensor at a time, each cast to its parameter's dtype
+    on its device; a mismatch raises naming ``source`` and the keys before anything is copied.
 
     ``ignore_missing`` are key suffixes that may be absent (buffers with defaults, such as rotary
     ``inv_freq``).
@@ -340,8 +519,11 @@ def load_into(
             )
     with torch.no_grad():
         for key, target in own.items():
-            if key in state_dict:
-                target.copy_(state_dict[key])
+            value = state_dict.get(key)
+            if isinstance(value, StoredTensor):
+                value.copy_to(target)
+            elif value is not None:
+                target.copy_(value)
 
 
 def _preview(keys: list[str], n: int = 6) -> str:
