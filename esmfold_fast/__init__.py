@@ -19,6 +19,8 @@ _EXPORTS = {
     "named_config": ".config",
     "ESM2": ".esm2",
     "ESMFold": ".esmfold",
+    "accelerate": ".dropin",
+    "restore": ".dropin",
 }
 __all__ = list(_EXPORTS)
 
