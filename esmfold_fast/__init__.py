@@ -3,6 +3,7 @@
     from esmfold_fast import ESMFold
     model = ESMFold.from_pretrained("facebook/esmfold_v1")   # local HF cache, transformers dir or fair-esm .pt
     output = model.infer("MKTAYIAKQR:GSHMLEDP")              # fair-esm's output dict; pLDDT on 0-100
+    model = esmfold_fast.pretrained.esmfold_v1()             # fair-esm's entry points, from the local caches
     pdb = model.infer_pdb("MKTAYIAKQR")
 """
 
@@ -22,10 +23,14 @@ _EXPORTS = {
     "accelerate": ".dropin",
     "restore": ".dropin",
 }
-__all__ = list(_EXPORTS)
+# Submodules reachable as attributes: ``esmfold_fast.pretrained.esmfold_v1()``, as ``esm.pretrained``.
+_SUBMODULES = ("pretrained",)
+__all__ = [*_EXPORTS, *_SUBMODULES]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     if name not in _EXPORTS:
         raise AttributeError(f"module 'esmfold_fast' has no attribute {name!r}")
     return getattr(importlib.import_module(_EXPORTS[name], __name__), name)

@@ -174,7 +174,7 @@ def named_config(name: str, **overrides: Any) -> ESMFoldConfig:
     if name == "esmfold_v1":
         cfg = ESMFoldConfig()
     elif name == "esmfold_v1_8M":  # the CPU benchmark shape: 8M LM, full-width trunk
-        cfg = ESMFoldConfig(esm=ESM2Config.named("esm2_t6_8M_UR50D"), esm_type="esm2_8M")
+        cfg = ESMFoldConfig(esm=ESM2Config.named("esm2_t6_8M_UR50D"), esm_type="esm2_8M_270K")
     elif name == "tiny":  # unit tests: every part present, seconds to run
         cfg = ESMFoldConfig(
             esm=ESM2Config(num_layers=2, embed_dim=48, attention_heads=2),

@@ -224,6 +224,32 @@ def test_lm_output_attentions_fall_back_to_the_original(counted):
     assert torch.equal(contacts, contacts2)
 
 
+def test_lm_feed_forward_runs_fast_only_behind_a_fast_attention(counted, monkeypatch):
+    """The one-pass GELU replaces ESM's five-pass formula in layers whose attention took the fast path, and
+    only there: a call that falls back (attention probabilities asked for) runs ESM's own GELU in every layer."""
+    from transformers.models.esm import modeling_esm
+
+    calls = collections.Counter()
+    real_gelu = modeling_esm.gelu
+
+    def counting_gelu(x):
+        calls["esm_gelu"] += 1
+        return real_gelu(x)
+
+    monkeypatch.setattr(modeling_esm, "gelu", counting_gelu)
+    ref = lm(EsmModel, attn_implementation="eager")
+    model = accelerate(copy.deepcopy(ref))
+    ids, am = tokens(5)
+    with torch.no_grad():
+        expected = ref(ids, attention_mask=am).last_hidden_state
+        calls.clear()
+        out = model(ids, attention_mask=am).last_hidden_state
+        assert calls["esm_gelu"] == 0 and counted["rotary_attention"] == 2
+        assert rel(out, expected) < LM_TOL
+        fallback = model(ids, attention_mask=am, output_attentions=True).last_hidden_state
+        assert calls["esm_gelu"] == 2 and torch.equal(fallback, expected)
+
+
 def test_lm_per_sequence_position_ids_fall_back(counted):
     ref = lm(EsmModel)
     model = accelerate(copy.deepcopy(ref))

@@ -136,7 +136,7 @@ def _fair_esm_files(saved, directory, cfg_kind: str, esm_name: str):
     sd = load_file(str(hf_dir / "model.safetensors"))
     folding = {k: v for k, v in sd.items() if not k.startswith("esm.")}
     trunk = {k: v for k, v in REDUCED_TRUNK.items() if k != "structure_module"}
-    top = dict(esm_type="esm2_8M", fp16_esm=True, use_esm_attn_map=False, esm_ablate_pairwise=False,
+    top = dict(esm_type="esm2_8M_270K", fp16_esm=True, use_esm_attn_map=False, esm_ablate_pairwise=False,
                esm_ablate_sequence=False, esm_input_dropout=0.0, embed_aa=True, bypass_lm=False,
                lddt_head_hid_dim=128)
     if cfg_kind == "namespace":

@@ -8,7 +8,8 @@
 | fair-esm name | from the torch hub cache | from the torch hub cache |
 
 :mod:`.files` reads files safely and finds them in the caches; :mod:`.esm2` and :mod:`.esmfold` map
-each layout's configs and keys onto this package's modules. Nothing is ever downloaded.
+each layout's configs and keys onto this package's modules. Loading never downloads; only the explicit
+``download_*`` functions of :mod:`.files` do (``download=True``, ``--download``).
 """
 
 from .esm2 import load_esm2

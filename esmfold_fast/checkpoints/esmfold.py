@@ -188,15 +188,44 @@ def esmfold_config_from_fair_esm(cfg: Mapping[str, Any], esm: ESM2Config, source
     return config
 
 
+# fair-esm's ``esm_registry`` (esm/esmfold/v1/esmfold.py): the ESM-2 checkpoint each ``esm_type`` loads. Copied
+# as it is, names included: "esm2_8M" is the LM trained to 500K updates, not the released esm2_t6_8M_UR50D (270K),
+# and "esm2_3B_270K" loads the file fair-esm calls ..._500K. Guessing from the size alone would pair the
+# structure-module-only models with the wrong LM without a word.
+FAIR_ESM_LM_FOR_ESM_TYPE = {
+    "esm2_8M": "esm2_t6_8M_UR50D_500K",
+    "esm2_8M_270K": "esm2_t6_8M_UR50D",
+    "esm2_35M": "esm2_t12_35M_UR50D_500K",
+    "esm2_35M_270K": "esm2_t12_35M_UR50D",
+    "esm2_150M": "esm2_t30_150M_UR50D_500K",
+    "esm2_150M_270K": "esm2_t30_150M_UR50D_270K",
+    "esm2_650M": "esm2_t33_650M_UR50D",
+    "esm2_650M_270K": "esm2_t33_650M_270K_UR50D",
+    "esm2_3B": "esm2_t36_3B_UR50D",
+    "esm2_3B_270K": "esm2_t36_3B_UR50D_500K",
+    "esm2_15B": "esm2_t48_15B_UR50D",
+}
+
+
 def esm2_name_for(esm_type: str) -> str:
-    """fair-esm ``esm_type`` (``esm2_3B``) -> checkpoint name (``esm2_t36_3B_UR50D``)."""
+    """fair-esm ``esm_type`` (``esm2_3B``) -> the ESM-2 checkpoint name fair-esm loads for it
+    (``esm2_t36_3B_UR50D``); an ESM-2 checkpoint name is taken as it is."""
     if esm_type in ESM2_SIZES:
         return esm_type
-    size = esm_type.split("_", 1)[-1]
-    for name in ESM2_SIZES:
-        if name.split("_")[2] == size and esm_type.startswith("esm2"):
-            return name
-    raise CheckpointError(f"unknown esm_type {esm_type!r}; known: {', '.join(ESM2_SIZES)}")
+    if esm_type in FAIR_ESM_LM_FOR_ESM_TYPE:
+        return FAIR_ESM_LM_FOR_ESM_TYPE[esm_type]
+    raise CheckpointError(f"unknown esm_type {esm_type!r}; known: {', '.join(FAIR_ESM_LM_FOR_ESM_TYPE)}")
+
+
+def fair_esm_lm_name(esmfold_path: str | os.PathLike) -> str | None:
+    """The ESM-2 checkpoint (``esm2_t36_3B_UR50D``) a fair-esm ESMFold ``.pt`` needs beside it, from its
+    pickled ``esm_type``; None when the file holds its LM itself (``esm.*`` weights). The file is
+    memory-mapped, not read."""
+    path = Path(esmfold_path)
+    state, model_cfg = fair_esm_file(path, "ESMFold")
+    if any(k.startswith("esm.") for k in state):
+        return None
+    return esm2_name_for(str(_plain_config(model_cfg, path).get("esm_type", "esm2_3B")))
 
 
 def _find_esm2_checkpoint(esmfold_path: Path, esm_type: str, esm_path: str | os.PathLike | None) -> Path:

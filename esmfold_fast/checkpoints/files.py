@@ -3,8 +3,10 @@
 Never unpickles arbitrary objects (``weights_only=True`` with an allow-list: fair-esm's
 ``argparse.Namespace`` and, when omegaconf is installed, the OmegaConf containers the released
 ``esmfold_3B_v1.pt`` pickles its config as), and turns every failure into a :class:`CheckpointError`
-whose one-line message names the file. Nothing is ever downloaded: hub names resolve from the local
-Hugging Face cache through huggingface_hub, fair-esm names from the torch hub cache.
+whose one-line message names the file. Loading never downloads: hub names resolve from the local
+Hugging Face cache through huggingface_hub, fair-esm names from the torch hub cache. Only the
+``download_*`` functions fetch anything, into those same caches, and only
+:mod:`esmfold_fast.pretrained` calls them, when asked (``download=True``).
 
 Lean loading: the model is built on the meta device in its final dtypes and given storage on its final
 device (:func:`build_empty`); the checkpoint file is memory-mapped, never read whole, and every tensor
@@ -429,6 +431,52 @@ def resolve(path: str | os.PathLike, hub_files: Sequence[RequiredFile]) -> tuple
 
 
 HUB_MODEL_FILES: tuple[RequiredFile, ...] = ("config.json", TRANSFORMERS_WEIGHT_FILES)
+
+
+# ----------------------------------------------------------------------------------------------
+# downloads: only on request (esmfold_fast.pretrained with download=True), into the caches above
+# ----------------------------------------------------------------------------------------------
+
+# What a transformers checkpoint needs from a hub repo, safetensors first: the repos also hold TF / Flax
+# weights and tokenizer files this package never reads, and one weight format is enough.
+HUB_DOWNLOAD_PATTERNS: tuple[tuple[str, ...], ...] = (
+    ("config.json", "model.safetensors", "model-*.safetensors", "model.safetensors.index.json"),
+    ("config.json", "pytorch_model.bin", "pytorch_model-*.bin", "pytorch_model.bin.index.json"),
+)
+
+
+def download_torch_hub_file(url: str) -> Path:
+    """Fetch ``url`` into the torch hub cache under its own file name (as fair-esm's
+    ``torch.hub.load_state_dict_from_url`` does) and return the path. torch writes a temporary file
+    and renames it, so an interrupted download leaves no partial checkpoint behind."""
+    directory = torch_hub_checkpoint_dir()
+    path = directory / url.rsplit("/", 1)[-1]
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(path), progress=True)
+    except Exception as err:  # HTTP 404, no network, disk full ...
+        raise CheckpointError(f"{url}: download to {path} failed ({first_line(err)})") from err
+    return path
+
+
+def download_hf_snapshot(name: str, revision: str | None = None) -> Path:
+    """Fetch hub model ``name`` (``org/model``) into the Hugging Face cache: ``config.json`` and one weight
+    format (safetensors if the repo has it, else ``pytorch_model.bin``), and return the snapshot directory."""
+    import huggingface_hub
+
+    if name.count("/") != 1 or name.startswith("/") or name.endswith("/"):
+        raise CheckpointError(f"{name!r} is not a hub model name of the form 'org/model'")
+    for patterns in HUB_DOWNLOAD_PATTERNS:
+        try:
+            snapshot = Path(huggingface_hub.snapshot_download(name, revision=revision, allow_patterns=list(patterns)))
+        except Exception as err:  # unknown repo, gated repo, no network ...
+            raise CheckpointError(f"{name}: download from the Hugging Face hub failed ({first_line(err)})") from err
+        try:
+            transformers_weight_files(snapshot)
+        except CheckpointError:
+            continue  # this format is not in the repo: try the next
+        return snapshot
+    raise CheckpointError(f"{name}: the hub repo has no {' or '.join(TRANSFORMERS_WEIGHT_FILES)}")
 
 
 # ----------------------------------------------------------------------------------------------
