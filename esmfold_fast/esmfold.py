@@ -44,6 +44,7 @@ from .esm2 import ESM2
 from .heads import (
     DISTOGRAM_BINS,
     LDDT_BINS,
+    chain_scores,
     lddt_head,
     pair_linear,
     plddt_from_logits,
@@ -346,6 +347,7 @@ class ESMFold(nn.Module):
         num_recycles: int | None = None,
         *,
         return_pair_outputs: bool = True,
+        chain_index: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Fold a batch of AlphaFold2-indexed sequences ``aa`` [B, L] (0-20, 20 = X).
 
@@ -357,6 +359,14 @@ class ESMFold(nn.Module):
         ``ptm_logits`` and ``aligned_confidence_probs`` (:data:`PAIR_OUTPUT_KEYS`), each freed as soon as
         pTM and PAE no longer need it (the distogram is never computed); every other output is the same,
         bit for bit.
+
+        ``chain_index`` [B, L]: the 0-based chain of each residue, -1 for residues outside every chain
+        (padding, a multimer's linker); :meth:`infer` passes it. Given, the chain-aware scores of
+        :func:`~esmfold_fast.heads.chain_scores` are added, computed per item over the residues with
+        ``chain_index >= 0`` while the aligned-error probabilities exist: ``ptm_no_linker`` [B],
+        ``iptm`` [B] (AlphaFold-Multimer's interface pTM; NaN for single-chain items), ``chain_ptm``
+        [B, C] and ``chain_plddt`` [B, C] (NaN past an item's own chains). ``ptm`` is unchanged: over
+        all ``mask`` residues, linker included, as both references compute it.
         """
         b, n = aa.shape
         if mask is None:
@@ -375,7 +385,7 @@ class ESMFold(nn.Module):
             out = {k: structure[k] for k in STRUCTURE_KEYS}
             del structure
             release_freed_heap()
-            return self._heads(out, aa, mask, residx, return_pair_outputs)
+            return self._heads(out, aa, mask, residx, return_pair_outputs, chain_index)
 
     def _heads(
         self,
@@ -384,6 +394,7 @@ class ESMFold(nn.Module):
         mask: torch.Tensor,
         residx: torch.Tensor,
         return_pair_outputs: bool = True,
+        chain_index: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         b, n = aa.shape
         if return_pair_outputs:
@@ -405,6 +416,14 @@ class ESMFold(nn.Module):
             del out["s_z"]
         out.update(predicted_aligned_error(ptm_logits, no_bins=self.distogram_bins))
         out["ptm"] = ptm_per_sequence(ptm_logits, mask, probs=out["aligned_confidence_probs"])
+        if chain_index is not None:
+            chain_index = chain_index.to(aa.device).long().masked_fill(mask != 1, -1)
+            out.update(
+                chain_scores(
+                    out["aligned_confidence_probs"], chain_index, out["plddt"], out["atom37_atom_exists"],
+                    no_bins=self.distogram_bins,
+                )
+            )
         if not return_pair_outputs:
             del ptm_logits, out["aligned_confidence_probs"]
             release_freed_heap()
@@ -431,7 +450,10 @@ class ESMFold(nn.Module):
         Chains are joined by ``chain_linker`` and chain i's residue indices are shifted by
         ``i * residue_index_offset``; linker atoms are masked out of ``atom37_atom_exists``. Sequences are
         upper-cased and letters outside the 20 amino acids read as X; other characters raise ``ValueError``.
-        Returns fair-esm's output dict plus ``mean_plddt`` [B] and ``chain_index`` [B, L] (-1 at padding).
+        Returns fair-esm's output dict plus ``mean_plddt`` [B], ``chain_index`` [B, L] (-1 at padding;
+        a linker residue has the chain before it) and the chain-aware scores ``ptm_no_linker``, ``iptm``
+        (NaN for monomers), ``chain_ptm`` and ``chain_plddt`` (see :meth:`forward`), all over the real
+        residues (linker and padding left out).
         ``return_pair_outputs=False``: without ``s_z``, ``distogram_logits``, ``ptm_logits`` and
         ``aligned_confidence_probs`` (see :meth:`forward`); positions, pLDDT, pTM and PAE are kept.
         """
@@ -451,6 +473,7 @@ class ESMFold(nn.Module):
         output = self.forward(
             aatype, mask=mask, residx=residx.long(), masking_pattern=masking_pattern, num_recycles=num_recycles,
             return_pair_outputs=return_pair_outputs,
+            chain_index=chain_index.to(device).masked_fill(linker_mask != 1, -1),
         )
         exists = output["atom37_atom_exists"] * linker_mask.unsqueeze(2).to(output["atom37_atom_exists"].dtype)
         output["atom37_atom_exists"] = exists

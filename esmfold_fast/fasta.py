@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,15 +96,22 @@ def safe_id(raw_id: str, index: int) -> str:
     return stem or f"record_{index}"
 
 
-def read_fasta(path: str | os.PathLike, max_length: int = DEFAULT_MAX_LENGTH) -> FastaContents:
-    """Read and validate ``path``.
+STDIN = "-"
+
+
+def read_fasta(path: str | os.PathLike, max_length: int | None = DEFAULT_MAX_LENGTH) -> FastaContents:
+    """Read and validate ``path`` (``"-"``: standard input, named ``<stdin>`` in messages).
 
     Returns the valid records and the per-record errors. Raises :class:`FastaError` for a problem
-    with the whole file. ``max_length`` bounds the residues of one record summed over its chains.
+    with the whole file. ``max_length`` bounds the residues of one record summed over its chains
+    (None: no bound).
     """
-    if max_length < 1:
+    if max_length is not None and max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
-    text = _read_text(Path(path))
+    if str(path) == STDIN:
+        path, text = "<stdin>", _decode(_stdin_bytes(), "<stdin>")
+    else:
+        text = _read_text(Path(path))
     _check_starts_with_header(text, path)
     contents = FastaContents(path=str(path))
     seen: dict[str, tuple[int, str]] = {}  # case-folded safe id -> (record index, raw id)
@@ -133,6 +141,15 @@ def _read_text(path: Path) -> str:
         data = path.read_bytes()
     except OSError as err:
         raise FastaError(f"{path}: cannot read ({err.strerror or err})") from err
+    return _decode(data, path)
+
+
+def _stdin_bytes() -> bytes:
+    stream = getattr(sys.stdin, "buffer", None)
+    return stream.read() if stream is not None else sys.stdin.read().encode()
+
+
+def _decode(data: bytes, path) -> str:
     if not data.strip():
         raise FastaError(f"{path}: empty file, no FASTA records")
     if b"\0" in data:
@@ -190,7 +207,7 @@ def _sequence_problem(raw: str, max_length: int) -> str | None:
     if empty:
         return f"empty chain (chain {', '.join(map(str, empty))} of {len(chains)}; check the ':' separators)"
     total = sum(len(c) for c in chains)
-    if total > max_length:
+    if max_length is not None and total > max_length:
         return f"{total} residues exceed the limit of {max_length} (--max-length)"
     return None
 

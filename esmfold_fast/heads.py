@@ -4,6 +4,10 @@ Semantics are fair-esm's (``esm/esmfold/v1/esmfold.py``, ``categorical_mixture.p
 helpers (``compute_tm``, ``compute_predicted_aligned_error``; AlphaFold2 supplement 1.9.6-1.9.7): pLDDT is the
 mean of a 50-bin categorical over [0, 1], scaled here to 0-100 as fair-esm does; pTM is computed per sequence
 over its true length; PAE uses 64 bins of width 31/62 Angstrom.
+
+Chain-aware scores (:func:`chain_scores`) follow AlphaFold-Multimer / current OpenFold
+(``compute_tm(..., asym_id=..., interface=True)``, d0 from the weighted residue count): ipTM, pTM without
+a multimer's linker and per-chain pTM, over the real residues only.
 """
 
 from __future__ import annotations
@@ -151,3 +155,118 @@ def ptm_per_sequence(
     if probs is None:
         return torch.stack([compute_tm(logits[:n, :n]) for logits, n in zip(ptm_logits, lengths)])
     return torch.stack([tm_from_probs(p[:n, :n]) for p, n in zip(probs, lengths)])
+
+
+def _tm_per_bin(n: int, max_bin: float, no_bins: int, device, dtype) -> torch.Tensor:
+    """TM-score term of each aligned-error bin for ``n`` residues (d0 of ``max(n, 19)``, as OpenFold)."""
+    centers = _pae_bin_centers(no_bins, max_bin, device)
+    d0 = 1.24 * (max(n, 19) - 15) ** (1.0 / 3) - 1.8
+    return (1.0 / (1 + centers**2 / d0**2)).to(dtype)
+
+
+def _tm_terms(probs: torch.Tensor, index: torch.Tensor, tm_per_bin: torch.Tensor) -> torch.Tensor:
+    """Expected TM term ``E[f(e_ij)]`` [n, n] over the residues ``index`` [n] of ``probs`` [L, L, bins].
+
+    A contiguous ``index`` is sliced (no copy); otherwise rows are gathered a chunk at a time, so no
+    [n, n, bins] copy of the probabilities is ever made.
+    """
+    n = int(index.numel())
+    first = int(index[0]) if n else 0
+    if n and int(index[-1]) - first + 1 == n:  # sorted and unique, so contiguous
+        block = probs[first : first + n, first : first + n]
+        out = probs.new_empty(n, n)
+        for r in spans(n, rows_per_chunk(n, n * probs.shape[-1], budget=HEAD_CHUNK_ELEMENTS)):
+            out[r] = block[r] @ tm_per_bin
+        return out
+    out = probs.new_empty(n, n)
+    for r in spans(n, rows_per_chunk(n, max(n, probs.shape[0]) * probs.shape[-1], budget=HEAD_CHUNK_ELEMENTS)):
+        rows = probs.index_select(0, index[r]).index_select(1, index)  # [r, n, bins]
+        out[r] = rows @ tm_per_bin
+    return out
+
+
+def chain_tm_scores(
+    probs: torch.Tensor,
+    chain: torch.Tensor,
+    max_bin: float = PAE_MAX_BIN,
+    no_bins: int = DISTOGRAM_BINS,
+    eps: float = 1e-8,
+) -> dict[str, torch.Tensor]:
+    """Chain-aware TM scores of ONE structure from its aligned-error probabilities ``probs`` [L, L, bins].
+
+    ``chain`` [L]: the 0-based chain of each residue, -1 for residues that do not count (padding, the
+    poly-G linker between chains). Only residues with ``chain >= 0`` ("real" residues, n of them) enter
+    any score. OpenFold's ``compute_tm`` semantics with residue weights 1 on real residues, 0 elsewhere:
+    for anchor i, ``per_i = sum_j m_ij E[f(e_ij)] / (eps + sum_j m_ij)``, the score is ``max_i per_i``.
+
+    Returns (0-d / [C] tensors in ``probs``' dtype):
+
+    - ``ptm_no_linker``: pTM over the real residues (m_ij = 1), d0 from n. For a monomer without padding
+      inside it, this is the model's ``ptm``.
+    - ``iptm``: AlphaFold-Multimer's interface pTM (``compute_tm(..., asym_id=chain, interface=True)``):
+      m_ij = [chain_i != chain_j], d0 from n. NaN when fewer than two chains have real residues.
+    - ``chain_ptm`` [C] (C = ``chain.max() + 1``): pTM of each chain's own sub-block, d0 from the chain's
+      length; NaN for a chain without real residues.
+    """
+    real = torch.nonzero(chain >= 0).flatten()
+    n = int(real.numel())
+    n_chains = int(chain.max()) + 1 if n else 0
+    nan = probs.new_tensor(float("nan"))
+    if n == 0:
+        return {"ptm_no_linker": nan, "iptm": nan, "chain_ptm": probs.new_empty(0)}
+    term = _tm_terms(probs, real, _tm_per_bin(n, max_bin, no_bins, probs.device, probs.dtype))  # [n, n]
+    ptm_no_linker = (term.sum(1) / (eps + n)).max()
+    asym = chain[real]
+    present = torch.unique(asym)
+    if present.numel() > 1:
+        pair = (asym[:, None] != asym[None, :]).to(term.dtype)  # [n, n] interface pairs
+        iptm = ((term * pair).sum(1) / (eps + pair.sum(1))).max()
+    else:
+        iptm = nan
+    chain_ptm = probs.new_full((n_chains,), float("nan"))
+    if present.numel() == 1:
+        chain_ptm[int(present[0])] = ptm_no_linker  # one chain: its sub-block is the whole
+    else:
+        for c in present.tolist():
+            idx = real[asym == c]
+            m = int(idx.numel())
+            term_c = _tm_terms(probs, idx, _tm_per_bin(m, max_bin, no_bins, probs.device, probs.dtype))
+            chain_ptm[c] = (term_c.sum(1) / (eps + m)).max()
+    return {"ptm_no_linker": ptm_no_linker, "iptm": iptm, "chain_ptm": chain_ptm}
+
+
+def chain_scores(
+    probs: torch.Tensor,
+    chain_index: torch.Tensor,
+    plddt: torch.Tensor | None = None,
+    atom_exists: torch.Tensor | None = None,
+    max_bin: float = PAE_MAX_BIN,
+    no_bins: int = DISTOGRAM_BINS,
+) -> dict[str, torch.Tensor]:
+    """:func:`chain_tm_scores` per batch item (items may differ in chain layout), stacked.
+
+    ``probs`` [B, L, L, bins]; ``chain_index`` [B, L] (-1: residue outside every chain: padding, linker).
+    Returns ``ptm_no_linker`` [B], ``iptm`` [B] (NaN for single-chain items) and ``chain_ptm`` [B, C]
+    (C = the most chains of any item, NaN past an item's own). With ``plddt`` [B, L, 37] and
+    ``atom_exists`` [B, L, 37] also ``chain_plddt`` [B, C]: the mean pLDDT over each chain's atoms (the
+    per-chain ``mean_plddt``; NaN for a chain without atoms, e.g. all ``X``).
+    """
+    b = probs.shape[0]
+    chain_index = chain_index.to(probs.device).long()
+    n_chains = max(1, int(chain_index.max()) + 1) if chain_index.numel() else 1
+    items = [chain_tm_scores(probs[k], chain_index[k], max_bin, no_bins) for k in range(b)]
+    chain_ptm = probs.new_full((b, n_chains), float("nan"))
+    for k, item in enumerate(items):
+        chain_ptm[k, : item["chain_ptm"].numel()] = item["chain_ptm"]
+    out = {
+        "ptm_no_linker": torch.stack([item["ptm_no_linker"] for item in items]),
+        "iptm": torch.stack([item["iptm"] for item in items]),
+        "chain_ptm": chain_ptm,
+    }
+    if plddt is not None and atom_exists is not None:
+        one_hot = (chain_index[..., None] == torch.arange(n_chains, device=chain_index.device)).to(plddt.dtype)
+        exists = atom_exists.to(plddt.dtype)
+        total = torch.einsum("blc,bla->bc", one_hot, plddt * exists)  # [B, C]
+        count = torch.einsum("blc,bla->bc", one_hot, exists)
+        out["chain_plddt"] = total / count  # 0 / 0 = NaN for a chain without atoms
+    return out

@@ -1,4 +1,5 @@
-"""Structure and confidence output: PDB and mmCIF (Biopython, one structure) and a scores dict for JSON.
+"""Structure and confidence output: PDB and mmCIF (Biopython, one structure), ModelCIF (python-modelcif,
+with pLDDT / pTM / ipTM as quality metrics), a scores dict for JSON and the PAE in the AlphaFold DB layout.
 
 Every function takes the dict returned by ``ESMFold.infer`` (fair-esm's keys) and works per batch
 item on the *real* residues only: padding and multimer linker residues (whose
@@ -20,7 +21,7 @@ import string
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -55,11 +56,15 @@ class _Item:
         return rc.restype_1to3.get(rc.restypes_with_x[self.aatype[j]], rc.unk_restype)
 
 
-def output_to_pdbs(output: Mapping[str, Any]) -> list[str]:
-    """One PDB string per batch item, written by Biopython's ``PDBIO`` (ATOM records with element
-    column, TER per chain, END); B-factors are pLDDT."""
+def output_to_pdbs(output: Mapping[str, Any], items: Sequence[int] | None = None) -> list[str]:
+    """One PDB string per batch item (``items``: only those, in that order), written by Biopython's
+    ``PDBIO`` (ATOM records with element column, TER per chain, END); B-factors are pLDDT."""
     atom37 = _atom37_positions(output)
-    return [_item_to_pdb(_select_item(output, atom37, i)) for i in range(atom37.shape[0])]
+    return [_item_to_pdb(_select_item(output, atom37, i)) for i in _items(atom37, items)]
+
+
+def _items(atom37: np.ndarray, items: Sequence[int] | None) -> Sequence[int]:
+    return range(atom37.shape[0]) if items is None else items
 
 
 def output_to_mmcif(output: Mapping[str, Any], name: str = "esmfold") -> list[str]:
@@ -78,27 +83,55 @@ def output_to_mmcif(output: Mapping[str, Any], name: str = "esmfold") -> list[st
 
 
 def scores(output: Mapping[str, Any], i: int) -> dict[str, Any]:
-    """Confidence scores of batch item ``i`` as plain JSON types.
+    """Confidence scores of batch item ``i`` as plain JSON types (never NaN or infinity).
 
-    Keys: ``mean_plddt`` (over all real atoms, as the model reports it), ``ptm``,
-    ``plddt`` (per residue, the CA atom's pLDDT, 0-100), ``pae`` ([n, n] Angstrom, real residues
-    only, row i = the residue whose frame the structure is aligned on), ``max_pae``, ``chain_ids`` and ``residue_numbers`` (per residue,
-    matching the PDB), ``chains`` (id and sequence of each chain) and ``sequence`` (chains joined by
-    ``':'``; letters the model reads as unknown appear as ``X``). Floats are rounded to 2 decimals,
-    the precision of the PDB B-factor column; the PAE matrix dominates the size otherwise.
+    Keys:
+
+    - ``mean_plddt``: pLDDT (0-100) over all real atoms, as the model reports it.
+    - ``ptm``: the model's pTM, unchanged: over every residue of the folded chain, a multimer's poly-G
+      linker included (what fair-esm and transformers report, so it compares with their numbers).
+    - ``ptm_no_linker``: pTM over the real residues only (linker and padding left out, d0 from their
+      number); for a monomer it equals ``ptm``. ``null`` when the output has neither this score nor the
+      aligned-error probabilities (``ESMFold.forward`` called without ``chain_index``).
+    - ``iptm``: AlphaFold-Multimer's interface pTM over the real residues (anchor i scores only the
+      residues j of other chains; best anchor); ``null`` for a single-chain item (or when unavailable,
+      as above).
+    - ``plddt`` (per residue, the CA atom's pLDDT, 0-100) with ``plddt_kind`` ``"CA atom"``.
+    - ``pae`` ([n, n] Angstrom, real residues only, row i = the residue whose frame the structure is
+      aligned on) and ``max_pae``.
+    - ``chain_ids`` and ``residue_numbers`` (per residue, matching the PDB).
+    - ``chains``: per chain ``id``, ``sequence``, ``plddt`` (mean pLDDT over the chain's atoms, as
+      ``mean_plddt`` is over the item's; ``null`` for a chain without atoms, e.g. all ``X``) and ``ptm``
+      (pTM of the chain's own PAE sub-block, d0 from the chain's length; ``null`` when unavailable).
+    - ``sequence``: chains joined by ``':'``; letters the model reads as unknown appear as ``X``.
+
+    Floats are rounded to 2 decimals (pTM-like scores to 4), the precision of the PDB B-factor column;
+    the PAE matrix dominates the size otherwise.
     """
     atom37 = _atom37_positions(output)
     item = _select_item(output, atom37, i)
     ca_plddt = _rounded_list(item.plddt[:, _CA])
     pae = _numpy(output["predicted_aligned_error"])[i][np.ix_(item.present, item.present)]  # [n, n]
+    tm = _chain_tm(output, i, item)
     chains = []
     for c in np.unique(item.chain):
-        letters = "".join(rc.restypes_with_x[a] for a in item.aatype[item.chain == c])
-        chains.append({"id": CHAIN_IDS[c], "sequence": letters})
+        sel = item.chain == c
+        letters = "".join(rc.restypes_with_x[a] for a in item.aatype[sel])
+        atoms = item.atom_mask[sel]
+        chain_plddt = _round(item.plddt[sel][atoms].mean()) if atoms.any() else None
+        chain_ptm = tm["chain_ptm"][c] if tm is not None and c < len(tm["chain_ptm"]) else None
+        chains.append({
+            "id": CHAIN_IDS[c],
+            "sequence": letters,
+            "plddt": chain_plddt,
+            "ptm": _round_or_none(chain_ptm, 4),
+        })
     result = {
         "mean_plddt": _round(_item_value(output["mean_plddt"], i)) if "mean_plddt" in output
         else _round(item.plddt[item.atom_mask].mean()),
         "ptm": _round(_item_value(output["ptm"], i), 4),
+        "ptm_no_linker": _round_or_none(tm["ptm_no_linker"] if tm is not None else None, 4),
+        "iptm": _round_or_none(tm["iptm"] if tm is not None else None, 4),
         "plddt": ca_plddt,
         "plddt_kind": "CA atom",
         "pae": _rounded_list(pae),
@@ -115,6 +148,181 @@ def scores(output: Mapping[str, Any], i: int) -> dict[str, Any]:
 def scores_json(output: Mapping[str, Any], i: int, **extra: Any) -> str:
     """:func:`scores` of item ``i`` (plus ``extra`` keys first) as compact JSON text."""
     return json.dumps({**extra, **scores(output, i)}, separators=(",", ":"), allow_nan=False) + "\n"
+
+
+def pae_json(output: Mapping[str, Any], i: int) -> str:
+    """The PAE of batch item ``i`` in the AlphaFold DB layout (``*-predicted_aligned_error_v4.json``).
+
+    A JSON list holding one object: ``predicted_aligned_error``, the [n, n] matrix over the real
+    residues (linker and padding removed; row i = the residue whose frame is aligned on, as in
+    AlphaFold) as a list of lists of Angstrom values rounded to 2 decimals, and
+    ``max_predicted_aligned_error`` (the last bin centre, 31.75 for ESMFold's head). AlphaFold's own
+    ``pae_json`` writes 1 decimal and the AFDB files integers; readers take any number.
+    """
+    present = _real_residues(output, i)
+    if present.size == 0:
+        raise ValueError(f"batch item {i} has no residues")
+    pae = _numpy(output["predicted_aligned_error"])[i][np.ix_(present, present)]
+    max_pae = _round(_item_value(output["max_predicted_aligned_error"], i))
+    body = [{"predicted_aligned_error": _rounded_list(pae), "max_predicted_aligned_error": max_pae}]
+    return json.dumps(body, separators=(",", ":"), allow_nan=False) + "\n"
+
+
+def output_to_modelcif(
+    output: Mapping[str, Any], name: str = "esmfold", items: Sequence[int] | None = None
+) -> list[str]:
+    """One ModelCIF (mmCIF with the ``ma_`` categories) string per batch item, written by python-modelcif.
+
+    The same atoms, coordinates, chain ids and residue numbers as :func:`output_to_pdbs` (pLDDT in the
+    B-factor column), plus: one entity per distinct chain sequence (identical chains of a homomer share
+    it, as in the PDB) and one asym unit per chain, each with its full sequence (``X`` as ``UNK``);
+    the per-residue pLDDT (the CA atom's, 0-100) as a local ``pLDDT`` metric of every residue with atoms
+    (``_ma_qa_metric_local``); the mean pLDDT and pTM as global metrics, and ipTM too for a complex
+    (``_ma_qa_metric_global``). pTM is the model's ``ptm`` (see :func:`scores`). ``name`` is the data
+    block name and title (whitespace becomes ``_``). ``items``: the batch items to write (default all),
+    in that order; ``output_to_modelcif(out, name, items=[i])[0]`` builds item ``i`` alone.
+
+    Needs the optional ``modelcif`` package (``pip install 'esmfold-fast[cif]'``).
+    """
+    try:
+        import ihm
+        import modelcif
+        import modelcif.data
+        import modelcif.dumper
+        import modelcif.model
+        import modelcif.protocol
+        import modelcif.qa_metric
+    except ImportError as exc:
+        raise ImportError(
+            "ModelCIF output needs python-modelcif: pip install 'esmfold-fast[cif]' (or pip install modelcif)"
+        ) from exc
+
+    atom37 = _atom37_positions(output)
+    block = "_".join(str(name).split()) or "esmfold"
+    texts = []
+    for i in _items(atom37, items):
+        item = _select_item(output, atom37, i)
+        tm = _chain_tm(output, i, item)
+        software = modelcif.Software(
+            "ESMFold", "model building", "ESMFold structure prediction (esmfold-fast re-implementation)",
+            "https://github.com/facebookresearch/esm", "package", None,
+        )
+
+        class PLDDTLocal(modelcif.qa_metric.Local, modelcif.qa_metric.PLDDT):
+            """Predicted lDDT-Ca (CA atom pLDDT, 0-100)"""
+
+        class PLDDTGlobal(modelcif.qa_metric.Global, modelcif.qa_metric.PLDDT):
+            """Mean predicted lDDT over all atoms (0-100)"""
+
+        class PTMGlobal(modelcif.qa_metric.Global, modelcif.qa_metric.PTM):
+            """Predicted TM-score (as ESMFold reports it)"""
+
+        class IPTMGlobal(modelcif.qa_metric.Global, modelcif.qa_metric.IpTM):
+            """Interface predicted TM-score (AlphaFold-Multimer's ipTM)"""
+
+        for metric in (PLDDTLocal, PLDDTGlobal, PTMGlobal, IPTMGlobal):
+            metric.software = software
+        PLDDTLocal.name, PLDDTGlobal.name, PTMGlobal.name, IPTMGlobal.name = "pLDDT", "pLDDT", "pTM", "ipTM"
+
+        system = modelcif.System(title=f"{block} (ESMFold prediction)", id=block)
+        system.software.append(software)
+        entities: dict[tuple[str, ...], Any] = {}
+        asyms = {}
+        chain_positions = {}
+        for c in np.unique(item.chain):
+            sel = np.flatnonzero(item.chain == c)
+            chain_positions[c] = sel
+            codes = tuple(
+                "UNK" if a == rc.unk_restype_index else rc.restypes_with_x[a] for a in item.aatype[sel]
+            )
+            if codes not in entities:
+                entities[codes] = modelcif.Entity(list(codes), alphabet=ihm.LPeptideAlphabet)
+            resnum = item.resnum[sel]
+            auth = {k + 1: int(r) for k, r in enumerate(resnum)}
+            asyms[c] = modelcif.AsymUnit(
+                entities[codes], details=f"Model subunit {CHAIN_IDS[c]}", id=CHAIN_IDS[c],
+                auth_seq_id_map=0 if all(k == r for k, r in auth.items()) else auth,
+            )
+        for entity in entities.values():  # a homomer's chains share their entity
+            ids = [a.id for a in asyms.values() if a.entity is entity]
+            entity.description = ("Chain " if len(ids) == 1 else "Chains ") + ", ".join(ids)
+        system.entities.extend(entities.values())
+        system.asym_units.extend(asyms.values())
+        assembly = modelcif.Assembly(list(asyms.values()), name="Modeled assembly")
+
+        atoms = []
+        for c, sel in chain_positions.items():
+            for seq_id, j in enumerate(sel, start=1):
+                for k in np.flatnonzero(item.atom_mask[j]):
+                    atom = rc.atom_types[k]
+                    x, y, z = (float(v) for v in item.positions[j, k])
+                    atoms.append(
+                        modelcif.model.Atom(
+                            asym_unit=asyms[c], seq_id=seq_id, atom_id=atom, type_symbol=atom[0],
+                            x=x, y=y, z=z, het=False, biso=round(float(item.plddt[j, k]), 2), occupancy=1.0,
+                        )
+                    )
+
+        class _Model(modelcif.model.AbInitioModel):
+            def get_atoms(self, _atoms=atoms):
+                return iter(_atoms)
+
+        model = _Model(assembly=assembly, name=f"{block} model")
+        for c, sel in chain_positions.items():
+            for seq_id, j in enumerate(sel, start=1):
+                if item.atom_mask[j].any():
+                    value = round(float(item.plddt[j, _CA]), 2)
+                    model.qa_metrics.append(PLDDTLocal(asyms[c].residue(seq_id), _finite(value)))
+        mean_plddt = _item_value(output["mean_plddt"], i) if "mean_plddt" in output \
+            else item.plddt[item.atom_mask].mean()
+        model.qa_metrics.append(PLDDTGlobal(_round(mean_plddt)))
+        # The CIF writer prints floats with 3 decimals; pTM-like scores keep 4, as in the scores JSON.
+        model.qa_metrics.append(PTMGlobal(f"{_round(_item_value(output['ptm'], i), 4):.4f}"))
+        if tm is not None and tm["iptm"] is not None:
+            model.qa_metrics.append(IPTMGlobal(f"{_round(tm['iptm'], 4):.4f}"))
+
+        group = modelcif.model.ModelGroup([model], name="ESMFold prediction")
+        system.model_groups.append(group)
+        targets = modelcif.data.DataGroup(list(entities.values()))
+        system.protocols.append(modelcif.protocol.Protocol())
+        system.protocols[-1].steps.append(
+            modelcif.protocol.ModelingStep(input_data=targets, output_data=model, software=software)
+        )
+        buf = io.StringIO()
+        modelcif.dumper.write(buf, [system])
+        texts.append(buf.getvalue())
+    return texts
+
+
+def _chain_tm(output: Mapping[str, Any], i: int, item: _Item) -> dict[str, Any] | None:
+    """``ptm_no_linker``, ``iptm`` (None for one chain) and ``chain_ptm`` (list, None entries for
+    chains without a score) of item ``i``: the model's outputs where present, else computed from
+    ``aligned_confidence_probs`` (or ``ptm_logits``) when the output has them, else None."""
+    if all(k in output for k in ("ptm_no_linker", "iptm", "chain_ptm")):
+        iptm = _item_value(output["iptm"], i)
+        chain_ptm = _numpy(output["chain_ptm"])[i]
+        ptm_no_linker = _item_value(output["ptm_no_linker"], i)
+    else:
+        if "aligned_confidence_probs" in output:
+            probs = output["aligned_confidence_probs"][i]
+        elif "ptm_logits" in output:
+            probs = torch.softmax(output["ptm_logits"][i].float(), dim=-1)
+        else:
+            return None
+        from .heads import chain_tm_scores
+
+        probs = torch.as_tensor(probs)
+        chain = torch.full((probs.shape[0],), -1, dtype=torch.long)
+        chain[torch.as_tensor(item.present)] = torch.as_tensor(item.chain)
+        tm = chain_tm_scores(probs.float(), chain.to(probs.device))
+        iptm = float(tm["iptm"])
+        chain_ptm = _numpy(tm["chain_ptm"])
+        ptm_no_linker = float(tm["ptm_no_linker"])
+    return {
+        "ptm_no_linker": ptm_no_linker if math.isfinite(ptm_no_linker) else None,
+        "iptm": iptm if math.isfinite(iptm) else None,
+        "chain_ptm": [float(v) if math.isfinite(v) else None for v in chain_ptm],
+    }
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
@@ -316,6 +524,16 @@ def _rounded_list(values: np.ndarray, digits: int = 2) -> list:
     if not np.isfinite(values).all():
         raise ValueError("non-finite values in the confidence scores")
     return np.round(values, digits).tolist()
+
+
+def _round_or_none(value: Any, digits: int = 2) -> float | None:
+    return None if value is None else _round(value, digits)
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"non-finite score {value}")
+    return value
 
 
 def _round(value: Any, digits: int = 2) -> float:

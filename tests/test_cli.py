@@ -236,7 +236,8 @@ def test_fold_end_to_end(tiny_model, tmp_path, capsys):
     assert "[1/2] mono" in err and "[2/2] complex_AB" in err
     assert err.strip().splitlines()[-1].startswith("esmfold-fast: folded 2 of 2 records")
     assert sorted(p.name for p in outdir.iterdir()) == sorted(
-        f"{stem}{suffix}" for stem in ("mono", "complex_AB") for suffix in (".pdb", ".cif", ".scores.json")
+        [f"{stem}{suffix}" for stem in ("mono", "complex_AB")
+         for suffix in (".pdb", ".cif", ".scores.json", ".pae.json", ".fold.done")] + ["summary.tsv", "fold.log"]
     )
     for stem, chains in (("mono", [MONOMER]), ("complex_AB", [CHAIN_A, CHAIN_B])):
         pdb = PDBParser(QUIET=True).get_structure(stem, str(outdir / f"{stem}.pdb"))[0]
@@ -307,9 +308,11 @@ def test_bad_records_are_reported_and_good_ones_folded(tiny_model, tmp_path, cap
     assert len(errors) == 4, err
     for line, (index, rid) in zip(errors, [(2, "bad"), (3, "empty"), (4, "ok1"), (5, "too_long")]):
         assert line.startswith(f"{ERROR_PREFIX}{fasta}: record {index} '{rid}': ")
-    assert "folded 2 of 6 records" in err and "4 failed" in err
+    assert "folded 2, failed 4 of 6 records" in err
     assert sorted(p.name for p in outdir.iterdir()) == sorted(
-        f"{stem}{suffix}" for stem in ("ok1", "escape") for suffix in (".pdb", ".scores.json")
+        [f"{stem}{suffix}" for stem in ("ok1", "escape") for suffix in (".pdb", ".scores.json", ".pae.json",
+                                                                          ".fold.done")]
+        + ["summary.tsv", "fold.log"]
     )
     assert not list(tmp_path.glob("escape*"))  # the id cannot climb out of OUTDIR
 
@@ -334,14 +337,20 @@ def test_fold_failure_of_one_record_keeps_the_others(tiny_model, tmp_path, capsy
     monkeypatch.setattr(output_module, "scores_json", flaky_scores_json)
     fasta = write(tmp_path / "in.fa", f">first\n{CHAIN_A}\n>second\n{CHAIN_B}\n>third\n{MONOMER}\n")
     outdir = tmp_path / "out"
-    code, err = run_cli(capsys, "fold", fasta, "-o", outdir, "--model", tiny_model, "--format", "both")
+    code, err = run_cli(capsys, "fold", fasta, "-o", outdir, "--model", tiny_model, "--format", "both",
+                        "--max-tokens-per-batch", "0")
     assert code == 1
     errors = error_lines(err)
     assert len(errors) == 2
-    prefix = f"{ERROR_PREFIX}{fasta}: record 1 'first': folding failed: CUDA out of memory"
-    assert errors[0].startswith(prefix) and "--chunk-size" in errors[0]
-    assert errors[1] == f"{ERROR_PREFIX}{fasta}: record 2 'second': folding failed: non-finite score nan"
-    assert sorted(p.name for p in outdir.iterdir()) == ["third.cif", "third.pdb", "third.scores.json"]
+    # Records run shortest first: 'second' (8 residues), 'first' (12), 'third' (22).
+    assert errors[0] == f"{ERROR_PREFIX}{fasta}: record 2 'second': writing outputs failed: non-finite score nan"
+    assert errors[1] == (
+        f"{ERROR_PREFIX}{fasta}: record 1 'first': out of memory at 12 tokens even with chunk size 16 (an "
+        "allocation of 2.00 GiB failed); try a lower-precision --dtype, a larger device or a shorter sequence"
+    )
+    assert sorted(p.name for p in outdir.iterdir() if p.name.startswith(("first", "second", "third"))) == [
+        "third.cif", "third.fold.done", "third.pae.json", "third.pdb", "third.scores.json"
+    ]
 
 
 def test_triton_errors_fail_only_their_record(tiny_model, tmp_path, capsys, monkeypatch):
@@ -371,15 +380,17 @@ def test_triton_errors_fail_only_their_record(tiny_model, tmp_path, capsys, monk
     code, err = run_cli(capsys, "fold", fasta, "-o", outdir, "--model", tiny_model)
     assert code == 1
     errors = error_lines(err)
-    assert errors == [
+    assert errors == [  # the batch failed, then each record alone; shortest first
+        f"{ERROR_PREFIX}{fasta}: record 2 'compile': folding failed: Triton kernel failed to compile "
+        "(CompilationError: bogus is not defined); try --backend torch",
         f"{ERROR_PREFIX}{fasta}: record 1 'oor': folding failed: Triton kernel out of resources (out of resource: "
         "shared memory, Required: 232448, Hardware limit: 101376); try a smaller --chunk-size, another --dtype "
         "or --backend torch",
-        f"{ERROR_PREFIX}{fasta}: record 2 'compile': folding failed: Triton kernel failed to compile "
-        "(CompilationError: bogus is not defined); try --backend torch",
     ], err
-    assert "folded 1 of 3 records" in err and "2 failed" in err
-    assert sorted(p.name for p in outdir.iterdir()) == ["good.pdb", "good.scores.json"]
+    assert "folded 1, failed 2 of 3 records" in err
+    assert sorted(p.name for p in outdir.iterdir() if p.suffix not in (".tsv", ".log")) == [
+        "good.fold.done", "good.pae.json", "good.pdb", "good.scores.json"
+    ]
 
     # Any other exception is a bug: it still stops the run as an internal error (exit 2).
     fasta = write(tmp_path / "bug.fa", f">bug\nACDEFG\n>good\n{MONOMER}\n")
@@ -406,7 +417,7 @@ def test_lean_outputs_drop_only_pair_outputs_and_cli_files_are_unchanged(tiny_mo
     """``return_pair_outputs=False`` drops exactly the [B, L, L, C] outputs, keeps the rest bit for bit, and
     the CLI (which uses it) writes what the full output dict gives."""
     from esmfold_fast.esmfold import PAIR_OUTPUT_KEYS, ESMFold
-    from esmfold_fast.output import output_to_mmcif, output_to_pdbs, scores_json
+    from esmfold_fast.output import output_to_modelcif, output_to_pdbs, pae_json, scores_json
 
     model = ESMFold.from_pretrained(tiny_model)
     sequence = f"{CHAIN_A}:{CHAIN_B}"
@@ -434,10 +445,11 @@ def test_lean_outputs_drop_only_pair_outputs_and_cli_files_are_unchanged(tiny_mo
     assert calls == [False]
     expected = {
         "cplx.pdb": output_to_pdbs(full)[0],
-        "cplx.cif": output_to_mmcif(full, name="cplx")[0],
+        "cplx.cif": output_to_modelcif(full, name="cplx")[0],
         "cplx.scores.json": scores_json(full, 0, id="cplx", header="cplx"),
+        "cplx.pae.json": pae_json(full, 0),
     }
-    assert {p.name: p.read_text() for p in (tmp_path / "out").iterdir()} == expected
+    assert {p.name: p.read_text() for p in (tmp_path / "out").iterdir() if p.name in expected} == expected
 
 
 def test_bench_is_forwarded(monkeypatch, capsys):

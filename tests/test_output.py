@@ -19,7 +19,17 @@ import torch
 from Bio.PDB import MMCIFParser, PDBParser
 
 from esmfold_fast import residue_constants as rc
-from esmfold_fast.output import CHAIN_IDS, atomic_write, output_to_mmcif, output_to_pdbs, scores, scores_json
+from esmfold_fast.heads import chain_scores, predicted_aligned_error
+from esmfold_fast.output import (
+    CHAIN_IDS,
+    atomic_write,
+    output_to_mmcif,
+    output_to_modelcif,
+    output_to_pdbs,
+    pae_json,
+    scores,
+    scores_json,
+)
 from esmfold_fast.protein import make_atom14_masks
 
 LINKER = "G" * 25
@@ -291,3 +301,206 @@ def test_atomic_write_replaces_or_leaves_old_file(tmp_path, monkeypatch):
         atomic_write(target, "third\n")
     assert target.read_text() == "second\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pdb"]  # no temporary file left
+
+
+# ---------------------------------------------------------------------------------------------------
+# chain-aware scores, AFDB PAE JSON, ModelCIF, plots
+# ---------------------------------------------------------------------------------------------------
+
+
+def real_positions(seq: str) -> list[int]:
+    """Positions (in the folded length) of the chain residues: every residue but the linker."""
+    real, pos = [], 0
+    for chain in seq.split(":"):
+        real.extend(range(pos, pos + len(chain)))
+        pos += len(chain) + len(LINKER)
+    return real
+
+
+def with_probs(out: dict, seed: int = 0) -> dict:
+    """``out`` with pTM logits' probabilities and the PAE they give, as ``infer`` returns them."""
+    gen = torch.Generator().manual_seed(seed)
+    b, length = out["aatype"].shape
+    logits = 3 * torch.randn(b, length, length, 64, generator=gen)
+    out = dict(out)
+    out.update(predicted_aligned_error(logits))
+    return out
+
+
+def with_model_chain_scores(out: dict) -> dict:
+    """``out`` with the chain scores ``ESMFold.infer`` adds (computed the way its heads do)."""
+    out = dict(out)
+    chain = out["chain_index"].masked_fill(out["atom37_atom_exists"].sum(-1) == 0, -1)
+    chain = torch.where((out["aatype"] == rc.unk_restype_index) & (out["chain_index"] >= 0),
+                        out["chain_index"], chain)  # X residues are real too
+    out.update(chain_scores(out["aligned_confidence_probs"], chain, out["plddt"], out["atom37_atom_exists"]))
+    return out
+
+
+def test_scores_report_chain_confidence():
+    base = with_probs(synthetic_output(seed=6), seed=6)
+    model = with_model_chain_scores(base)
+    for b, seq in enumerate(SEQUENCES):
+        from_model = scores(model, b)
+        fallback = scores(base, b)  # no model keys: computed from the probabilities
+        json.dumps(from_model, allow_nan=False)
+        n_chains = seq.count(":") + 1
+        if n_chains > 1:
+            assert from_model["iptm"] == pytest.approx(float(model["iptm"][b]), abs=5e-5)
+            assert 0 < from_model["iptm"] <= 1
+        else:
+            assert from_model["iptm"] is None  # monomers: no interface
+        assert from_model["ptm_no_linker"] == pytest.approx(float(model["ptm_no_linker"][b]), abs=5e-5)
+        assert from_model["ptm"] == pytest.approx(float(model["ptm"][b]), abs=5e-5)  # the model's, unchanged
+        for key in ("iptm", "ptm_no_linker", "chains"):
+            assert fallback[key] == from_model[key], key
+        exists = model["atom37_atom_exists"][b] > 0
+        for c, chain in enumerate(from_model["chains"]):
+            assert chain["ptm"] == pytest.approx(float(model["chain_ptm"][b, c]), abs=5e-5)
+            sel = (model["chain_index"][b] == c)[:, None] & exists
+            assert chain["plddt"] == pytest.approx(float(model["plddt"][b][sel].mean()), abs=5e-3)
+    # Without the scores or the probabilities (forward without chain_index): null, never NaN.
+    bare = scores(synthetic_output(seed=6), 0)
+    assert bare["iptm"] is None and bare["ptm_no_linker"] is None
+    assert all(ch["ptm"] is None for ch in bare["chains"])
+    # An all-X chain has no atoms: its pLDDT is null.
+    out = with_model_chain_scores(with_probs(synthetic_output(["ACDEFGH:XXXX"], seed=7)))
+    s = json.loads(scores_json(out, 0))
+    assert s["chains"][1]["plddt"] is None and s["chains"][1]["ptm"] is not None
+    assert s["iptm"] is not None
+
+
+def test_pae_json_is_afdb_layout():
+    out = synthetic_output(seed=8)
+    for b, seq in enumerate(SEQUENCES):
+        body = json.loads(pae_json(out, b))
+        assert isinstance(body, list) and len(body) == 1
+        assert set(body[0]) == {"predicted_aligned_error", "max_predicted_aligned_error"}
+        pae = body[0]["predicted_aligned_error"]
+        real = real_positions(seq)
+        assert isinstance(pae, list) and all(isinstance(row, list) and len(row) == len(real) for row in pae)
+        assert len(pae) == len(real)
+        want = out["predicted_aligned_error"][b].double().numpy()[np.ix_(real, real)]
+        np.testing.assert_allclose(np.asarray(pae), want, atol=5e-3 + 1e-9)
+        assert np.array_equal(np.asarray(pae), np.round(want, 2))
+        assert body[0]["max_predicted_aligned_error"] == 31.75
+
+
+def _qa_tables(cif_text: str):
+    from Bio.PDB.MMCIF2Dict import MMCIF2Dict
+
+    d = MMCIF2Dict(io.StringIO(cif_text))
+    metrics = dict(zip(d["_ma_qa_metric.id"], zip(d["_ma_qa_metric.name"], d["_ma_qa_metric.mode"])))
+    global_ = {
+        metrics[m][0]: float(v)
+        for m, v in zip(d["_ma_qa_metric_global.metric_id"], d["_ma_qa_metric_global.metric_value"])
+    }
+    local = [
+        (a, int(s), float(v))
+        for a, s, m, v in zip(
+            d["_ma_qa_metric_local.label_asym_id"], d["_ma_qa_metric_local.label_seq_id"],
+            d["_ma_qa_metric_local.metric_id"], d["_ma_qa_metric_local.metric_value"],
+        )
+        if metrics[m] == ("pLDDT", "local")
+    ]
+    return d, global_, local
+
+
+@pytest.mark.parametrize("seed", [9, 40])
+def test_modelcif_round_trips(seed):
+    pytest.importorskip("modelcif")
+    seqs = SEQUENCES + ["MKLV:MKLV"] if seed < 10 else random_sequences(seed)
+    out = with_model_chain_scores(with_probs(synthetic_output(seqs, seed=seed), seed=seed))
+    cifs = output_to_modelcif(out, name="rec one")
+    assert len(cifs) == len(seqs)
+    assert output_to_modelcif(out, name="rec one", items=[len(seqs) - 1]) == cifs[-1:]
+    for b, (cif, pdb, seq) in enumerate(zip(cifs, output_to_pdbs(out), seqs)):
+        assert cif.startswith("data_rec_one\n")
+        structure = MMCIFParser(QUIET=True).get_structure(f"item{b}", io.StringIO(cif))
+        from_pdb_structure = PDBParser(QUIET=True).get_structure(f"item{b}", io.StringIO(pdb))
+        found, from_pdb = parsed_atoms(structure), parsed_atoms(from_pdb_structure)
+        assert list(found) == list(from_pdb)  # same atoms, ids, numbering and order
+        for key, (name, xyz, bfac, element) in found.items():
+            assert from_pdb[key][0] == name and from_pdb[key][3] == element
+            np.testing.assert_array_equal(xyz, from_pdb[key][1])
+            assert bfac == pytest.approx(from_pdb[key][2], abs=1e-9)
+        assert len(structure[0]) == len(from_pdb_structure[0])
+        d, global_, local = _qa_tables(cif)
+        chains = seq.split(":")
+        assert len(d["_struct_asym.id"]) == len(chains)  # an all-X chain has an asym unit, no atoms
+        as_x = {"".join(ch if ch in rc.restypes else "X" for ch in chain) for chain in chains}
+        assert len(d["_entity.id"]) == len(as_x)  # identical chains (as the model reads them) share one
+        # Local pLDDT: one per residue with atoms, the CA atom's pLDDT (= its B-factor in the PDB).
+        ca = [
+            (chain.id, res.id[1], res["CA"].bfactor)
+            for chain in from_pdb_structure[0] for res in chain
+        ]
+        assert [(a, s) for a, s, _ in local] == [(a, s) for a, s, _ in ca]
+        np.testing.assert_allclose([v for *_, v in local], [v for *_, v in ca], atol=1e-9)
+        assert global_["pLDDT"] == pytest.approx(float(out["mean_plddt"][b]), abs=5e-3)
+        assert global_["pTM"] == pytest.approx(float(out["ptm"][b]), abs=5e-5)
+        if len(chains) > 1:
+            assert global_["ipTM"] == pytest.approx(float(out["iptm"][b]), abs=5e-5)
+        else:
+            assert "ipTM" not in global_
+
+
+def test_modelcif_homomer_shares_entity_and_gemmi_reads_it():
+    pytest.importorskip("modelcif")
+    out = with_model_chain_scores(with_probs(synthetic_output(["MKLVW:MKLVW:GHC"], seed=11)))
+    cif = output_to_modelcif(out)[0]
+    d, _, _ = _qa_tables(cif)
+    assert d["_entity.id"] == ["1", "2"] and d["_struct_asym.entity_id"] == ["1", "1", "2"]
+    gemmi = pytest.importorskip("gemmi")
+    structure = gemmi.make_structure_from_block(gemmi.cif.read_string(cif).sole_block())
+    pdb = PDBParser(QUIET=True).get_structure("x", io.StringIO(output_to_pdbs(out)[0]))
+    assert [ch.name for ch in structure[0]] == [ch.id for ch in pdb[0]]
+    ours = [(ch.name, r.seqid.num, a.name, a.pos.x, a.b_iso) for ch in structure[0] for r in ch for a in r]
+    theirs = [(ch.id, r.id[1], a.get_id(), float(a.coord[0]), float(a.bfactor))
+              for ch in pdb[0] for r in ch for a in r]
+    assert [o[:3] for o in ours] == [t[:3] for t in theirs]
+    np.testing.assert_allclose([o[3:] for o in ours], [t[3:] for t in theirs], atol=1e-4)
+
+
+def test_modelcif_missing_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "modelcif", None)
+    with pytest.raises(ImportError, match=r"pip install 'esmfold-fast\[cif\]'"):
+        output_to_modelcif(synthetic_output(seed=12))
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_are_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+
+    from esmfold_fast.plots import save_plots
+
+    out = synthetic_output(seed=13)
+    for b in range(len(SEQUENCES)):
+        plddt_png, pae_png = tmp_path / f"{b}_plddt.png", tmp_path / f"{b}_pae.png"
+        save_plots(out, b, plddt_png, pae_png, title=f"item {b}")
+        for path in (plddt_png, pae_png):
+            data = path.read_bytes()
+            assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
+            image = matplotlib.image.imread(path)
+            assert image.ndim == 3 and min(image.shape[:2]) > 100
+    from esmfold_fast.plots import plot_pngs
+
+    assert all(png.startswith(PNG_SIGNATURE) for png in plot_pngs(out, 1, title="x"))
+    save_plots(out, 0, None, tmp_path / "only_pae.png")
+    assert sorted(p.name for p in tmp_path.iterdir())[-1] == "only_pae.png"
+
+
+def test_plots_missing_matplotlib_says_how_to_install(monkeypatch, tmp_path):
+    import sys
+
+    from esmfold_fast.plots import save_plots
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(ImportError, match=r"pip install 'esmfold-fast\[plot\]'"):
+        save_plots(synthetic_output(seed=14), 0, tmp_path / "a.png", None)
+    assert not list(tmp_path.iterdir())

@@ -9,4 +9,7 @@ peers it compares against) and writes random-weight checkpoints to a cache direc
     measure  one process per measured point (``python -m esmfold_fast.benchmarking.measure SPEC``),
              shared random checkpoints, inputs and timing helpers
     flops    the analytic FLOP and memory-traffic model of ESMFold, per component
+    launches, memory_model   kernel launches per trunk block and the analytic peak memory (meta device)
+    dropin   speed and memory of ``esmfold_fast.accelerate`` on every class it supports
+    throughput   measured fold times per length -> wall time and device-hours for a length distribution
 """
