@@ -195,7 +195,8 @@ def _add_run_arguments(p: argparse.ArgumentParser, what: str) -> None:
     ray.add_argument("--ray-gpus-per-actor", type=_positive_float, default=None, metavar="G",
                      help="GPUs per replica (default: 1 when the cluster has GPUs)")
     ray.add_argument("--ray-cpus-per-actor", type=_positive_float, default=None, metavar="C",
-                     help="CPU cores per replica on a cluster without GPUs (default: 1)")
+                     help="CPU cores per replica on a cluster without GPUs (default: all of the smallest "
+                          "node's, one replica per node: each replica holds the whole model)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     p.add_argument("--traceback", action="store_true",
                    help="show a Python traceback on unexpected errors (for bug reports)")

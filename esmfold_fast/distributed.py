@@ -52,7 +52,8 @@ def import_ray():
 class Cluster:
     """Where and how wide to run. ``address``: ``"local"`` starts a Ray instance on this machine, anything
     else is passed to ``ray.init`` (``"auto"``, ``"ray://head:10001"``). ``gpus_per_actor`` (default: 1 when
-    the cluster has GPUs) or ``cpus_per_actor`` (a CPU replica per that many cores, when it has none);
+    the cluster has GPUs) or ``cpus_per_actor`` (a CPU replica per that many cores, when it has none; default:
+    the smallest node's cores, one replica per node, since every replica holds the whole model);
     ``actors``: the pool size (default: as many as the cluster's GPUs or CPUs allow)."""
 
     address: str = "local"
@@ -169,7 +170,7 @@ def _map_on_ray(ray, spec: TaskSpec, batches: list[list[FastaRecord]], outdir: P
         cpus = cluster.cpus_per_actor
         if gpus is None and cpus is None:
             gpus = 1 if resources.get("GPU", 0) >= 1 else None
-            cpus = None if gpus else 1
+            cpus = None if gpus else _smallest_node_cpus(ray)  # one replica per node: a model per core would not fit
         if gpus:
             actors = cluster.actors or max(1, int(resources.get("GPU", 0) // gpus))
         else:
@@ -192,6 +193,12 @@ def _map_on_ray(ray, spec: TaskSpec, batches: list[list[FastaRecord]], outdir: P
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _smallest_node_cpus(ray) -> float:
+    """The CPUs of the smallest alive node (at least 1), so a CPU replica fits on every node."""
+    cpus = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    return max(1.0, min((c for c in cpus if c > 0), default=1.0))
 
 
 def _connect(ray, cluster: Cluster) -> bool:

@@ -169,3 +169,14 @@ def _fold_options(**kw):
 def _coords(path: Path) -> np.ndarray:
     return np.array([[float(ln[30:38]), float(ln[38:46]), float(ln[46:54])]
                      for ln in path.read_text().splitlines() if ln.startswith("ATOM")])
+
+
+def test_cpu_replicas_default_to_one_per_node():
+    from types import SimpleNamespace
+
+    from esmfold_fast.distributed import _smallest_node_cpus
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 16.0}}, {"Alive": True, "Resources": {"CPU": 8.0}},
+             {"Alive": False, "Resources": {"CPU": 2.0}}, {"Alive": True, "Resources": {}}]
+    assert _smallest_node_cpus(SimpleNamespace(nodes=lambda: nodes)) == 8.0
+    assert _smallest_node_cpus(SimpleNamespace(nodes=lambda: [])) == 1.0
