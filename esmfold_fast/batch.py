@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence, TextIO
 
+from .checkpoints.files import first_line as _one_line
 from .fasta import FastaRecord, RecordError
 from .output import atomic_write
 
@@ -231,15 +232,6 @@ def release_accelerator_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-class RecordFailed(Exception):
-    """One record could not be processed; the message is one line without the record's name."""
-
-
-def _one_line(err: BaseException) -> str:
-    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-    return lines[0] if lines else type(err).__name__
 
 
 # ----------------------------------------------------------------------------------------------
