@@ -231,7 +231,9 @@ def embed(args: argparse.Namespace) -> int:
                                truncation_seq_length=args.truncation_seq_length)
     except ValueError as err:
         raise UsageError(_one_line(err)) from err
-    contents = _unembeddable_as_errors(_read_input(args, max_length=None))
+    from .embed import embeddable
+
+    contents = embeddable(_read_input(args, max_length=None))
     return _execute("embed", contents, args, args.toks_per_batch, embed=options, npz=args.npz)
 
 
@@ -259,24 +261,6 @@ def _execute(kind: str, contents: FastaContents, args: argparse.Namespace, max_t
 
 
 _COMMANDS = {"fold": fold, "embed": embed}
-
-
-def _unembeddable_as_errors(contents: FastaContents) -> FastaContents:
-    """Records ESM-2 cannot take (complexes, letters outside its alphabet) become record errors."""
-    from .embed import record_problem
-    from .fasta import RecordError
-
-    good = []
-    for record in contents.records:
-        problem = record_problem(record)
-        if problem is None:
-            good.append(record)
-        else:
-            # record_problem names the record as "record 'id': ..."; add the file and the record's number.
-            message = f"{contents.path}: record {record.index} {problem.removeprefix('record ')}"
-            contents.errors.append(RecordError(record.index, record.id, message))
-    contents.errors.sort(key=lambda e: e.index)
-    return FastaContents(contents.path, good, contents.errors)
 
 
 def _run(task, contents: FastaContents, outdir: Path, args: argparse.Namespace, max_tokens: int) -> int:

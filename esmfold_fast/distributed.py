@@ -29,7 +29,7 @@ from typing import Any, Sequence, TextIO
 
 from .batch import RunReport, pack_batches, process_batch, session
 from .fasta import FastaRecord, RecordError
-from .tasks import TaskSpec, build_task
+from .tasks import TaskSpec
 
 INSTALL_HINT = "Ray is not installed: pip install 'esmfold-fast[ray]' (or pip install 'ray[data]')"
 
@@ -105,20 +105,12 @@ def embed_fasta(input: str | os.PathLike, outdir: str | os.PathLike, model: str,
                 **spec_fields: Any) -> RunReport:
     """Embed every record of ``input`` into ``outdir`` on a Ray cluster, as ``esmfold-fast embed`` does
     (``spec_fields``: ``embed`` = :class:`~esmfold_fast.embed.EmbedOptions`, ``npz``, ``device``, ...)."""
-    from .embed import record_problem
+    from .embed import embeddable
     from .fasta import read_fasta
 
-    contents = read_fasta(input, max_length=None)
-    good, bad = [], list(contents.errors)
-    for record in contents.records:
-        problem = record_problem(record)
-        if problem is None:
-            good.append(record)
-        else:
-            bad.append(RecordError(record.index, record.id,
-                                   f"{contents.path}: record {record.index} {problem.removeprefix('record ')}"))
+    contents = embeddable(read_fasta(input, max_length=None))
     spec = TaskSpec("embed", model=str(model), **spec_fields)
-    return run_distributed(spec, good, Path(outdir), bad_records=sorted(bad, key=lambda e: e.index),
+    return run_distributed(spec, contents.records, Path(outdir), bad_records=contents.errors,
                            label=contents.path, max_tokens=max_tokens, cluster=cluster, overwrite=overwrite,
                            quiet=quiet)
 
@@ -152,10 +144,9 @@ def run_distributed(
 
 
 def _planner(spec: TaskSpec):
-    """The task without a model, for what the driver needs: names, columns, token counts."""
-    if isinstance(spec, TaskSpec):
-        return build_task(spec, model=object(), check=False)
-    return spec.build(model=object())  # another spec type (tests) plans as it builds
+    """The task without a model, for what the driver needs: names, columns, token counts (any spec with
+    TaskSpec's ``build(model, check)`` will do)."""
+    return spec.build(model=object(), check=False)
 
 
 def _map_on_ray(ray, spec: TaskSpec, batches: list[list[FastaRecord]], outdir: Path, label: str,

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from .alphabet import STANDARD_TOKENS
+from .fasta import FastaContents, RecordError
 
 INCLUDE_CHOICES: tuple[str, ...] = ("mean", "per_tok", "bos", "contacts", "logits")
 # The includes that read hidden states (and so need repr_layers).
@@ -152,6 +153,20 @@ def record_problem(record: _Record) -> str | None:
     return None
 
 
+def embeddable(contents: FastaContents) -> FastaContents:
+    """``contents`` with the records ESM-2 cannot take (:func:`record_problem`: complexes, characters outside
+    its alphabet) moved to the record errors, each one line naming the file and the record."""
+    good, errors = [], list(contents.errors)
+    for record in contents.records:
+        problem = record_problem(record)
+        if problem is None:
+            good.append(record)
+        else:  # record_problem says "record 'id': ..."; add the file and the record's number
+            message = f"{contents.path}: record {record.index} {problem.removeprefix('record ')}"
+            errors.append(RecordError(record.index, record.id, message))
+    return FastaContents(contents.path, good, sorted(errors, key=lambda e: e.index))
+
+
 def _own(t: torch.Tensor) -> torch.Tensor:
     """A contiguous float32 CPU copy of ``t`` with storage of its own (never a view into the batch)."""
     return t.detach().to(device="cpu", dtype=torch.float32, memory_format=torch.contiguous_format, copy=True)
@@ -240,6 +255,7 @@ __all__ = [
     "INCLUDE_CHOICES",
     "EmbedOptions",
     "embed_batch",
+    "embeddable",
     "embedding_bytes",
     "embedding_npz_bytes",
     "npz_arrays",

@@ -155,9 +155,10 @@ class TaskSpec:
         if self.kind not in ("fold", "embed"):
             raise ValueError(f"task kind must be 'fold' or 'embed', got {self.kind!r}")
 
-    def build(self, model=None):
-        """The :class:`FoldTask` or :class:`EmbedTask`, loading the model unless ``model`` is given."""
-        return build_task(self, model)
+    def build(self, model=None, check: bool = True):
+        """The :class:`FoldTask` or :class:`EmbedTask`, loading the model unless ``model`` is given (see
+        :func:`build_task`)."""
+        return build_task(self, model, check)
 
 
 def build_task(spec: TaskSpec, model=None, check: bool = True):

@@ -70,7 +70,7 @@ class CountingSpec:
     logdir: str
     die_on: str | None = None
 
-    def build(self, model=None):
+    def build(self, model=None, check=True):
         return CountingTask(self.logdir, self.die_on)
 
 
