@@ -478,19 +478,27 @@ class Session:
         self.progress.advance(row.get("error") if failed else line, error=failed)
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run goes, here or on Ray: ``label`` names the input in error lines; ``max_tokens`` is the padded
+    batch budget (0: one record per pass); ``overwrite`` redoes complete records; ``quiet`` prints errors only;
+    ``stream`` takes the progress (default stderr); ``error_prefix`` opens each error line."""
+
+    label: str = "input"
+    max_tokens: int = 1024
+    overwrite: bool = False
+    quiet: bool = False
+    stream: TextIO | None = None
+    error_prefix: str = ""
+
+
 @contextlib.contextmanager
 def session(
     task: Task,
     records: Sequence[FastaRecord],
     outdir: Path,
-    *,
     bad_records: Sequence[RecordError] = (),
-    label: str = "input",
-    max_tokens: int = 1024,
-    overwrite: bool = False,
-    quiet: bool = False,
-    stream: TextIO | None = None,
-    error_prefix: str = "",
+    options: RunOptions = RunOptions(),
     where: str = "",
 ) -> Iterator[Session]:
     """Open a run in ``outdir``: the log, stale temporaries removed, the summary and progress started and the
@@ -499,17 +507,17 @@ def session(
     started = time.perf_counter()
     order = {r.id: r.index for r in records} | {e.id: e.index for e in bad_records}
     with run_log(outdir / f"{task.name}.log") as log:
-        log.info(f"{task.name} {label}{where}: {len(records)} records, {len(bad_records)} invalid, max tokens "
-                 f"per batch {max_tokens}{', overwrite' if overwrite else ''}")
+        log.info(f"{task.name} {options.label}{where}: {len(records)} records, {len(bad_records)} invalid, max "
+                 f"tokens per batch {options.max_tokens}{', overwrite' if options.overwrite else ''}")
         stale = remove_stale_temporaries(outdir)
         if stale:
             log.info(f"removed {stale} temporary files left by an interrupted run")
         summary = Summary(outdir / SUMMARY_FILE, (*BASE_COLUMNS, *task.columns, *TAIL_COLUMNS), order)
-        progress = Progress(len(records) + len(bad_records), log, quiet, stream, desc=task.name,
-                            error_prefix=error_prefix)
+        progress = Progress(len(records) + len(bad_records), log, options.quiet, options.stream, desc=task.name,
+                            error_prefix=options.error_prefix)
         run = Session(task, outdir, log, summary, progress, DoneMarkers(outdir, task.name))
         try:
-            run.begin(records, bad_records, overwrite)
+            run.begin(records, bad_records, options.overwrite)
             yield run
         finally:
             progress.close()
@@ -526,23 +534,19 @@ def run_task(
     outdir: Path,
     *,
     bad_records: Sequence[RecordError] = (),
-    label: str = "input",
-    max_tokens: int = 1024,
-    overwrite: bool = False,
-    quiet: bool = False,
-    stream: TextIO | None = None,
-    error_prefix: str = "",
     record_errors: tuple[type[BaseException], ...] = (RuntimeError, ValueError, OSError, MemoryError),
+    **options: Any,
 ) -> RunReport:
     """Process ``records`` into ``outdir`` (which must exist) with ``task``; see the module docstring.
+    ``options``: the fields of :class:`RunOptions`.
 
     An exception of ``record_errors`` (out of memory among them) fails only its record; any other is a bug
     and propagates, after ``summary.tsv`` and the log are closed."""
-    with session(task, records, outdir, bad_records=bad_records, label=label, max_tokens=max_tokens,
-                 overwrite=overwrite, quiet=quiet, stream=stream, error_prefix=error_prefix) as run:
-        runner = _Run(task, outdir, run.markers, run.summary.add, run.progress, label, run.report,
+    opts = RunOptions(**options)
+    with session(task, records, outdir, bad_records, opts) as run:
+        runner = _Run(task, outdir, run.markers, run.summary.add, run.progress, opts.label, run.report,
                       tuple(record_errors))
-        for batch in pack_batches(run.todo, task.tokens, max_tokens):
+        for batch in pack_batches(run.todo, task.tokens, opts.max_tokens):
             runner.batch(batch)
     return run.report
 

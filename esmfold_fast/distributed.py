@@ -25,9 +25,9 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, Sequence
 
-from .batch import RunReport, pack_batches, process_batch, session
+from .batch import RunOptions, RunReport, pack_batches, process_batch, session
 from .fasta import FastaRecord, RecordError
 from .tasks import TaskSpec
 
@@ -121,24 +121,19 @@ def run_distributed(
     outdir: Path,
     *,
     bad_records: Sequence[RecordError] = (),
-    label: str = "input",
-    max_tokens: int = 1024,
     cluster: Cluster = Cluster(),
-    overwrite: bool = False,
-    quiet: bool = False,
-    stream: TextIO | None = None,
-    error_prefix: str = "",
+    **options: Any,
 ) -> RunReport:
-    """:func:`esmfold_fast.batch.run_task`'s run with the batches done by a Ray actor pool."""
+    """:func:`esmfold_fast.batch.run_task`'s run with the batches done by a Ray actor pool (``options``: the
+    fields of :class:`~esmfold_fast.batch.RunOptions`)."""
     ray = import_ray()
+    opts = RunOptions(**options)
     outdir.mkdir(parents=True, exist_ok=True)
     planner = _planner(spec)  # the task's token counts and columns; no model on the driver
-    with session(planner, records, outdir, bad_records=bad_records, label=label, max_tokens=max_tokens,
-                 overwrite=overwrite, quiet=quiet, stream=stream, error_prefix=error_prefix,
-                 where=f" on Ray ({cluster.address})") as run:
+    with session(planner, records, outdir, bad_records, opts, where=f" on Ray ({cluster.address})") as run:
         if run.todo:
-            batches = pack_batches(run.todo, planner.tokens, max_tokens)
-            for row in _map_on_ray(ray, spec, batches, outdir, label, cluster, run.log, quiet):
+            batches = pack_batches(run.todo, planner.tokens, opts.max_tokens)
+            for row in _map_on_ray(ray, spec, batches, outdir, opts.label, cluster, run.log, opts.quiet):
                 run.add_row(row)
     return run.report
 
