@@ -22,7 +22,7 @@ from _util import randomize_  # noqa: E402
 from esmfold_fast import accelerate, restore  # noqa: E402
 from esmfold_fast.alphabet import Alphabet  # noqa: E402
 from esmfold_fast.dropin import is_accelerated  # noqa: E402
-from test_accelerate import counted, rel  # noqa: E402,F401 - the counting backend fixture, relative error
+from test_accelerate import counted, rel, tokens  # noqa: E402,F401 - the counting backend fixture, helpers
 from transformers import EsmConfig, EsmForMaskedLM, EsmModel  # noqa: E402
 
 LM_TOL = 1e-5
@@ -39,17 +39,6 @@ def lm(cls=EsmModel, seed: int = 0) -> nn.Module:
     )  # fmt: skip
     torch.manual_seed(seed)
     return randomize_(cls(config).eval(), seed=seed)
-
-
-def tokens(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two token rows [2, 13], the second padded: ids and attention mask."""
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(4, 24, (2, 13), generator=gen)
-    ids[:, 0] = 0
-    ids[0, -1] = 2
-    ids[1, 8] = 2
-    ids[1, 9:] = 1
-    return ids, (ids != 1).long()
 
 
 def lora_config(targets=("query", "value"), **kw):
