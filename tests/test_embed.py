@@ -256,7 +256,7 @@ def test_half_precision_model_gives_float32(models):
     exp = embed_batch(ours, _records(), options)
     for g, e in zip(got, exp):
         _assert_own_fp32_cpu(g)
-        _assert_results_close(g, e, "bf16 vs fp32", tol=0.1)
+        _assert_results_close(g, e, "bf16 vs fp32", tol=0.03)  # measured: at most 1.2e-2 (logits)
 
 
 def test_lower_case_is_read_as_upper_case(models):
