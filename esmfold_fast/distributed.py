@@ -148,9 +148,11 @@ def _map_on_ray(ray, spec: TaskSpec, batches: list[list[FastaRecord]], outdir: P
                 cluster: Cluster, log, quiet: bool) -> Any:
     """Yield every record's status row as the actor pool finishes batches."""
     started_here = _connect(ray, cluster)
+    context = ray.data.DataContext.get_current()
+    bars = context.enable_progress_bars
     try:
         if quiet:
-            ray.data.DataContext.get_current().enable_progress_bars = False
+            context.enable_progress_bars = False  # for this run only: restored below
         resources = ray.cluster_resources()
         gpus = cluster.gpus_per_actor
         cpus = cluster.cpus_per_actor
@@ -177,6 +179,7 @@ def _map_on_ray(ray, spec: TaskSpec, batches: list[list[FastaRecord]], outdir: P
         for item in mapped.iter_rows():
             yield json.loads(item["row"])
     finally:
+        context.enable_progress_bars = bars
         if started_here:
             ray.shutdown()
 

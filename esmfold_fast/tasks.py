@@ -6,6 +6,7 @@ record's files (every file atomically; the done marker comes after them, from th
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -65,7 +66,7 @@ class FoldTask:
             )
 
     def write(self, record: FastaRecord, output: dict[str, Any], i: int, outdir: Path) -> dict[str, Any]:
-        from .output import atomic_write, output_to_modelcif, output_to_pdbs, pae_json, scores, scores_json
+        from .output import atomic_write, output_to_modelcif, output_to_pdbs, pae_json, scores_json
 
         # Every text exists before the first file is written: a failing writer leaves no file behind.
         files: dict[str, str | bytes] = {}
@@ -81,7 +82,7 @@ class FoldTask:
             files[".plddt.png"], files[".pae.png"] = plot_pngs(output, i, title=record.id)
         for suffix, data in files.items():
             atomic_write(outdir / f"{record.id}{suffix}", data)
-        item = scores(output, i)
+        item = json.loads(files[".scores.json"])  # the scores once: computing them again costs the chain TMs
         return {
             "chains": len(record.chains),
             "mean_plddt": item["mean_plddt"],
@@ -116,12 +117,9 @@ class EmbedTask:
         raise RuntimeError("embedding has no chunk size")
 
     def run(self, records: Sequence[FastaRecord]) -> list[dict[str, Any]]:
-        import torch
-
         from .embed import embed_batch
 
-        with torch.inference_mode():
-            return embed_batch(self.model, records, self.options)
+        return embed_batch(self.model, records, self.options)  # itself under inference_mode
 
     def write(self, record: FastaRecord, output: list[dict[str, Any]], i: int, outdir: Path) -> dict[str, Any]:
         from .embed import embedding_bytes, embedding_npz_bytes
